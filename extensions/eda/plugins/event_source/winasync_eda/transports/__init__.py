@@ -1,0 +1,1 @@
+"""Transports fetch a host's async dir; see ``base`` for what they return."""
