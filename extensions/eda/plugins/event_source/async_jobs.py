@@ -1,0 +1,197 @@
+"""async_jobs.py: an ansible-rulebook event source for Ansible async jobs on Windows hosts.
+
+Windows admins start long tasks as async jobs (``async: 3600, poll: 0``). This source polls the
+hosts' async dirs over PowerShell Remoting, ONE pipeline per host per poll whatever the number of
+jobs, and emits one event when a job finishes, fails, times out or is lost (watchdog gone, host
+rebooted). ``connection: local`` watches this machine's own async dir instead.
+
+The logic lives in the ``winasync_eda`` package next to this file; this file only loads it.
+ansible-rulebook runs sources with ``runpy.run_path``, which puts nothing on ``sys.path``, so the
+package is loaded from this file's own folder under its own name, the same way from a checkout
+(``-S``), from an installed collection and from the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+DOCUMENTATION = r"""
+---
+short_description: Emit an event when an Ansible async job on a Windows host ends.
+description:
+  - Polls the async dir (C(%USERPROFILE%\.ansible_async)) of Windows hosts over PowerShell
+    Remoting (pypsrp), one pipeline per host per poll whatever the number of jobs, and emits
+    one event per job outcome - finished, failed, timed_out, lost (and on request running,
+    vanished).
+  - C(connection=local) watches this machine's own async dir (C(~/.ansible_async)) instead.
+  - Survives unreachable hosts (exponential backoff, a long pause after an authentication
+    failure), half-written job files (read again at the next poll) and restarts (C(state_file)).
+options:
+  hosts:
+    description:
+      - Hosts to watch. An item is a host name (also used as address) or a mapping with
+        C(name) and any of C(address), C(port), C(protocol), C(username), C(password), C(auth),
+        C(cert_validation), C(async_dir), C(connection), C(path).
+    type: list
+    elements: raw
+  inventory:
+    description: An Ansible inventory; its hosts (filtered by C(limit)) are watched with their
+      connection vars (ansible_host, ansible_port, ansible_user, ansible_password,
+      ansible_connection, ansible_psrp_*, ansible_winrm_*, ansible_async_dir).
+    type: str
+  limit:
+    description: A host pattern applied to C(inventory).
+    type: str
+  username:
+    description: Default user for every host.
+    type: str
+  password:
+    description: Default password for every host. Never logged, never in an event.
+    type: str
+  auth:
+    description: pypsrp authentication.
+    type: str
+    choices: [basic, certificate, credssp, kerberos, negotiate, ntlm]
+    default: negotiate
+  protocol:
+    description: C(http) is allowed with message encryption (ntlm, kerberos, negotiate,
+      credssp); Basic over plain HTTP only when both C(protocol=http) and C(auth=basic) are given.
+    type: str
+    choices: [https, http]
+    default: https
+  port:
+    description: WinRM port; 5986 for https, 5985 for http.
+    type: int
+  cert_validation:
+    description: C(true), C(false), or the path of a CA bundle.
+    type: raw
+    default: true
+  async_dir:
+    description: The async dir, expanded on the host.
+    type: str
+    default: '%USERPROFILE%\.ansible_async (psrp), ~/.ansible_async (local)'
+  connection:
+    description: C(psrp), or C(local) for this machine.
+    type: str
+    default: psrp
+  jids:
+    description: Only these job ids (the job file names, like C(j687253281342.17218)).
+    type: list
+    elements: str
+  interval:
+    description: Seconds between two polls of one host.
+    type: float
+    default: 15
+  emit:
+    description: Statuses to emit.
+    type: list
+    elements: str
+    default: [finished, failed, timed_out, lost]
+  state_file:
+    description: Checkpoint file; an outcome already emitted is not emitted again after a restart.
+    type: str
+  redeliver_after:
+    description: Seconds; an outcome emitted but whose job file is still there this long after
+      is emitted again (its follow-up, which removes the file, evidently did not run).
+    type: float
+  lost_after:
+    description: Seconds; a job still running this long after its file was created is lost.
+    type: float
+  max_output_bytes:
+    description: Cap on stdout, stderr and result in an event.
+    type: int
+    default: 65536
+  max_concurrency:
+    description: Hosts polled at the same time.
+    type: int
+    default: 32
+  host_events:
+    description: Also emit C(async_host) events when a host becomes unreachable or recovers.
+    type: bool
+    default: false
+  feedback:
+    description: Wait for ansible-rulebook's acknowledgement before recording an event as
+      delivered (needs C(--persistence-id)).
+    type: bool
+    default: false
+"""
+
+EXAMPLES = r"""
+- name: Windows async jobs
+  hosts: all
+  sources:
+    - winasync.eda.async_jobs:
+        inventory: inventory/windows.yml
+        limit: windows
+        interval: 15
+        state_file: /var/lib/eda/async_jobs.json
+        redeliver_after: 900
+  rules:
+    - name: A job failed
+      condition: event.async_job.status in ["failed", "timed_out", "lost"]
+      action:
+        run_playbook:
+          name: winasync.eda.job_failed
+"""
+
+_PACKAGE = "winasync_eda"
+
+
+def _load_package() -> ModuleType:
+    """Import the ``winasync_eda`` package that sits next to this file."""
+    loaded = sys.modules.get(_PACKAGE)
+    if loaded is not None:
+        return loaded
+    folder = Path(__file__).resolve().parent / _PACKAGE
+    spec = importlib.util.spec_from_file_location(
+        _PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    if spec is None or spec.loader is None:  # pragma: no cover - only with a broken install
+        raise ImportError(f"cannot load {_PACKAGE} from {folder}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[_PACKAGE]
+        raise
+    return module
+
+
+_load_package()
+from winasync_eda.source import run  # noqa: E402
+
+
+async def main(queue: asyncio.Queue[Any], args: dict[str, Any]) -> None:
+    """Watch the hosts in ``args`` and put one event per job outcome on ``queue``."""
+    await run(queue, args)
+
+
+if __name__ == "__main__":
+    # Run directly: print the events. Arguments as JSON or YAML in argv[1], e.g.
+    #   python async_jobs.py '{"hosts": [{"name": "localhost", "connection": "local"}], "interval": 2}'
+    import json
+    import logging
+
+    import yaml
+
+    class MockQueue(asyncio.Queue[Any]):
+        """A queue that prints what is put on it."""
+
+        async def put(self, event: Any) -> None:
+            print(json.dumps(event, indent=2, sort_keys=True), flush=True)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli_args = yaml.safe_load(sys.argv[1]) if len(sys.argv) > 1 else {
+        "hosts": [{"name": "localhost", "connection": "local"}],
+        "interval": 2,
+    }
+    try:
+        asyncio.run(main(MockQueue(), cli_args))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,110 @@
+"""The event source's lifetime: check arguments, build one transport per host, poll, clean up.
+
+On cancellation (ansible-rulebook shutting down) every runspace pool is closed, so no shell is
+left open on the hosts, and the checkpoint is flushed before CancelledError goes on up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .checkpoint import Checkpoint
+from .config import HostConfig, SourceConfig, parse_args
+from .delivery import Delivery
+from .scheduler import HostSlot, Scheduler, Timing
+from .tracker import HostTracker
+from .transports.base import Transport
+from .transports.local import LocalTransport
+
+LOGGER = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 15.0
+
+
+def make_transport(host: HostConfig, cfg: SourceConfig) -> Transport:
+    """The transport for one host (PSRP unless ``connection: local``)."""
+    if host.connection == "local":
+        return LocalTransport(host.name)
+    from .transports.psrp import PsrpSettings, PsrpTransport
+
+    return PsrpTransport(
+        PsrpSettings(
+            host_name=host.name,
+            address=host.address,
+            port=host.port,
+            protocol=host.protocol,
+            username=host.username,
+            password=host.password,
+            auth=host.auth,
+            cert_validation=host.cert_validation,
+            path=host.path,
+            connection_timeout=host.connection_timeout,
+            read_timeout=host.read_timeout,
+            operation_timeout=host.operation_timeout,
+            call_deadline_s=cfg.poll_timeout,
+            encryption=host.encryption,
+            certificate_pem=host.certificate_pem,
+            certificate_key_pem=host.certificate_key_pem,
+        )
+    )
+
+
+async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
+    """Watch the configured hosts until cancelled."""
+    cfg = parse_args(args)
+    checkpoint = Checkpoint(cfg.state_file)
+    await checkpoint.load()
+    delivery = Delivery(
+        queue,
+        checkpoint,
+        emit=cfg.emit,
+        max_output_bytes=cfg.max_output_bytes,
+        redeliver_after_s=cfg.redeliver_after,
+        feedback_queue=cfg.feedback_queue,
+    )
+    lost_after_ms = None if cfg.lost_after is None else int(cfg.lost_after * 1000)
+    slots = [
+        HostSlot(
+            name=h.name,
+            async_dir=h.async_dir,
+            transport=make_transport(h, cfg),
+            tracker=HostTracker(h.name, only=cfg.jids, lost_after_ms=lost_after_ms),
+        )
+        for h in cfg.hosts
+    ]
+    timing = Timing(
+        interval=cfg.interval,
+        jitter=cfg.jitter,
+        max_concurrency=cfg.max_concurrency,
+        poll_timeout=cfg.poll_timeout,
+        backoff_max=cfg.backoff_max,
+        auth_backoff=cfg.auth_backoff,
+    )
+    LOGGER.info(
+        "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",
+        len(slots), cfg.interval, cfg.max_concurrency, ", ".join(sorted(cfg.emit)),
+        f"; checkpoint {cfg.state_file}" if cfg.state_file else "",
+    )
+    await delivery.start()
+    try:
+        await Scheduler(slots, delivery, timing, host_events=cfg.host_events).run()
+    finally:
+        await asyncio.shield(_shutdown(slots, delivery))
+
+
+async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(s.transport.close() for s in slots), return_exceptions=True),
+            CLOSE_TIMEOUT_S,
+        )
+    except TimeoutError:
+        LOGGER.warning("closing the connections took over %.0f s: gave up waiting", CLOSE_TIMEOUT_S)
+    else:
+        for slot, result in zip(slots, results, strict=True):
+            if isinstance(result, BaseException):
+                LOGGER.warning("%s: closing the connection failed: %s", slot.name, type(result).__name__)
+    await delivery.stop()
+    LOGGER.info("stopped: %d connections closed, checkpoint flushed", len(slots))
