@@ -1,0 +1,48 @@
+"""The collection builds without development files and its installed source loads by FQCN."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), str(ROOT)],
+                   check=True, env=env, capture_output=True, timeout=120)
+    artifact = tmp_path / "winasync-eda-1.0.0.tar.gz"
+    with tarfile.open(artifact) as tar:
+        names = tar.getnames()
+    assert "extensions/eda/plugins/event_source/async_jobs.py" in names
+    assert "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1" in names
+    assert "rulebooks/windows_async_jobs.yml" in names
+    assert "playbooks/job_failed.yml" in names
+    for bad in ("tests/", "winsim/", ".venv", "__pycache__", ".work/", "Makefile", ".ci/"):
+        assert not [n for n in names if bad in n], f"{bad} is in the artifact"
+
+    collections = tmp_path / "collections"
+    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(collections),
+                    str(artifact)], check=True, env=env, capture_output=True, timeout=120)
+    # A fresh interpreter, as ansible-rulebook would: find the source by FQCN, run_path it.
+    probe = (
+        "import runpy, asyncio\n"
+        "from ansible_rulebook.collection import find_source, split_collection_name\n"
+        "path = find_source(*split_collection_name('winasync.eda.async_jobs'))\n"
+        "module = runpy.run_path(path)\n"
+        "assert asyncio.iscoroutinefunction(module['main'])\n"
+        "import winasync_eda\n"
+        "print(path)\nprint(winasync_eda.__file__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env={**env, "ANSIBLE_COLLECTIONS_PATH": str(collections), "PYTHONPATH": ""},
+                         timeout=120).stdout.splitlines()
+    installed = collections / "ansible_collections" / "winasync" / "eda"
+    assert out[0].startswith(str(installed))
+    assert out[1].startswith(str(installed))
