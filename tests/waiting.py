@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, step: float = 0.05
+) -> None:
     """Block until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -35,10 +35,18 @@ def start_local_jobs(tmp: Path) -> tuple[Path, dict[str, str]]:
     home.mkdir(exist_ok=True)
     jids_file = tmp / "jids.json"
     subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,",
-         str(ROOT / "tests" / "integration" / "playbooks" / "start_local_jobs.yml"),
-         "-e", f"jids_file={jids_file}"],
-        check=True, env=ansible_env(home, async_dir), capture_output=True, timeout=120,
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            str(ROOT / "tests" / "integration" / "playbooks" / "start_local_jobs.yml"),
+            "-e",
+            f"jids_file={jids_file}",
+        ],
+        check=True,
+        env=ansible_env(home, async_dir),
+        capture_output=True,
+        timeout=120,
     )
     return async_dir, json.loads(jids_file.read_text())
 

@@ -13,10 +13,26 @@ BIN = Path(sys.executable).parent
 
 
 def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
-    env = {**os.environ, "HOME": str(tmp_path), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), str(ROOT)],
-                   check=True, env=env, capture_output=True, timeout=120)
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(
+        [
+            str(BIN / "ansible-galaxy"),
+            "collection",
+            "build",
+            "--output-path",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     artifact = tmp_path / "winasync-eda-1.0.0.tar.gz"
     with tarfile.open(artifact) as tar:
         names = tar.getnames()
@@ -28,8 +44,21 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
         assert not [n for n in names if bad in n], f"{bad} is in the artifact"
 
     collections = tmp_path / "collections"
-    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(collections),
-                    str(artifact)], check=True, env=env, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            str(BIN / "ansible-galaxy"),
+            "collection",
+            "install",
+            "--no-deps",
+            "-p",
+            str(collections),
+            str(artifact),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     # A fresh interpreter, as ansible-rulebook would: find the source by FQCN, run_path it.
     probe = (
         "import runpy, asyncio\n"
@@ -40,9 +69,15 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
         "import winasync_eda\n"
         "print(path)\nprint(winasync_eda.__file__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=tmp_path,
-                         env={**env, "ANSIBLE_COLLECTIONS_PATH": str(collections), "PYTHONPATH": ""},
-                         timeout=120).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "ANSIBLE_COLLECTIONS_PATH": str(collections), "PYTHONPATH": ""},
+        timeout=120,
+    ).stdout.splitlines()
     installed = collections / "ansible_collections" / "winasync" / "eda"
     assert out[0].startswith(str(installed))
     assert out[1].startswith(str(installed))

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.waiting import async_wait_until, wait_until
 from winasync_eda.source import run
+
+from tests.waiting import async_wait_until, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "extensions" / "eda" / "plugins" / "event_source" / "async_jobs.py"
@@ -25,12 +26,15 @@ async def collect(args: dict[str, Any], count: int, timeout: float = 60) -> list
     events: list[dict[str, Any]] = []
     task = asyncio.create_task(run(queue, args))
     try:
+
         async def drain() -> None:
             while True:
                 events.append(await queue.get())
 
         drainer = asyncio.create_task(drain())
-        await async_wait_until(lambda: len(events) >= count or task.done(), timeout, f"{count} events")
+        await async_wait_until(
+            lambda: len(events) >= count or task.done(), timeout, f"{count} events"
+        )
         drainer.cancel()
         if task.done():
             task.result()
@@ -44,8 +48,10 @@ async def collect(args: dict[str, Any], count: int, timeout: float = 60) -> list
 async def test_real_jobs_give_the_right_events(local_jobs: tuple[Path, dict[str, str]]) -> None:
     async_dir, jids = local_jobs
     events = await collect(
-        {"hosts": [{"name": "localhost", "connection": "local", "async_dir": str(async_dir)}],
-         "interval": 0.3},
+        {
+            "hosts": [{"name": "localhost", "connection": "local", "async_dir": str(async_dir)}],
+            "interval": 0.3,
+        },
         3,
     )
     by_jid = {e["async_job"]["jid"]: e["async_job"] for e in events}
@@ -69,14 +75,23 @@ def test_plugin_loads_with_runpy_like_ansible_rulebook() -> None:
 
 def test_running_the_plugin_file_prints_events(local_jobs: tuple[Path, dict[str, str]]) -> None:
     async_dir, jids = local_jobs
-    args = {"hosts": [{"name": "localhost", "connection": "local", "async_dir": str(async_dir)}],
-            "interval": 0.3}
+    args = {
+        "hosts": [{"name": "localhost", "connection": "local", "async_dir": str(async_dir)}],
+        "interval": 0.3,
+    }
     out = Path(async_dir.parent / "out.txt")
     with out.open("w") as fh:
-        proc = subprocess.Popen([sys.executable, str(PLUGIN), json.dumps(args)], stdout=fh,
-                                stderr=subprocess.DEVNULL, cwd="/", env={**os.environ, "PYTHONPATH": ""})
+        proc = subprocess.Popen(
+            [sys.executable, str(PLUGIN), json.dumps(args)],
+            stdout=fh,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": ""},
+        )
     try:
-        wait_until(lambda: all(j in out.read_text() for j in jids.values()), 60, "three printed events")
+        wait_until(
+            lambda: all(j in out.read_text() for j in jids.values()), 60, "three printed events"
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)

@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from winasync_eda.checkpoint import Checkpoint, CheckpointError
+from winasync_eda.delivery import Delivery
+from winasync_eda.model import DEFAULT_EMIT, Status
+from winasync_eda.scheduler import HostSlot, Scheduler, Timing
+from winasync_eda.tracker import HostTracker
 
 from tests.unit.fakes import (
     AuthenticationFailed,
@@ -20,11 +25,6 @@ from tests.unit.fakes import (
     running,
 )
 from tests.waiting import async_wait_until
-from winasync_eda.checkpoint import Checkpoint, CheckpointError
-from winasync_eda.delivery import Delivery
-from winasync_eda.model import DEFAULT_EMIT, Status
-from winasync_eda.scheduler import HostSlot, Scheduler, Timing
-from winasync_eda.tracker import HostTracker
 
 DIR = "%USERPROFILE%\\.ansible_async"
 

@@ -175,6 +175,7 @@ async def main(queue: asyncio.Queue[Any], args: dict[str, Any]) -> None:
 if __name__ == "__main__":
     # Run directly: print the events. Arguments as JSON or YAML in argv[1], e.g.
     #   python async_jobs.py '{"hosts": [{"name": "localhost", "connection": "local"}], "interval": 2}'
+    import contextlib
     import json
     import logging
 
@@ -186,12 +187,16 @@ if __name__ == "__main__":
         async def put(self, event: Any) -> None:
             print(json.dumps(event, indent=2, sort_keys=True), flush=True)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cli_args = yaml.safe_load(sys.argv[1]) if len(sys.argv) > 1 else {
-        "hosts": [{"name": "localhost", "connection": "local"}],
-        "interval": 2,
-    }
-    try:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cli_args = (
+        yaml.safe_load(sys.argv[1])
+        if len(sys.argv) > 1
+        else {
+            "hosts": [{"name": "localhost", "connection": "local"}],
+            "interval": 2,
+        }
+    )
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(MockQueue(), cli_args))
-    except KeyboardInterrupt:
-        pass

@@ -44,7 +44,9 @@ class Checkpoint:
             async with aiofiles.open(self.path, "rb") as fh:
                 raw = await fh.read()
         except FileNotFoundError:
-            LOGGER.info("state file %s does not exist yet: starting with an empty checkpoint", self.path)
+            LOGGER.info(
+                "state file %s does not exist yet: starting with an empty checkpoint", self.path
+            )
             return
         except OSError as exc:
             raise CheckpointError(f"state_file: cannot read {self.path}: {exc.strerror}") from None
@@ -117,4 +119,5 @@ def _parse(raw: bytes, path: Path) -> Delivered:
     )
     if not ok:
         raise CheckpointError(f"state_file: {path} has an unexpected layout")
-    return delivered  # type: ignore[no-any-return]
+    result: Delivered = delivered
+    return result

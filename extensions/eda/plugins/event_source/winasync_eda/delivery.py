@@ -50,7 +50,9 @@ class Delivery:
         self.checkpoint = checkpoint
         self.emit = emit
         self.max_output_bytes = max_output_bytes
-        self.redeliver_after_ms = None if redeliver_after_s is None else int(redeliver_after_s * 1000)
+        self.redeliver_after_ms = (
+            None if redeliver_after_s is None else int(redeliver_after_s * 1000)
+        )
         self.feedback_queue = feedback_queue
         self.feedback_timeout_s = feedback_timeout_s
         self.clock = clock
@@ -105,7 +107,10 @@ class Delivery:
                     continue
                 LOGGER.info(
                     "%s: %s is still there %d s after its %s event: delivering it again",
-                    host, jid, (now - at) // 1000, status,
+                    host,
+                    jid,
+                    (now - at) // 1000,
+                    status,
                 )
                 record = tracker.record_of(jid)
                 finding = Finding(jid, status, record, tracker.modified_at(jid))
@@ -141,7 +146,9 @@ class Delivery:
             # A new uuid per redelivery: an engine with persistence drops an event whose uuid
             # it has already seen, which would defeat the point of sending it again.
             base = str(event["meta"]["uuid"])
-            event["meta"]["uuid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base}/redelivery/{redelivery_of}"))
+            event["meta"]["uuid"] = str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"{base}/redelivery/{redelivery_of}")
+            )
         async with self._lock:
             if not await self._put(event):
                 return False
@@ -165,7 +172,8 @@ class Delivery:
         except TimeoutError:
             LOGGER.warning(
                 "no acknowledgement for event %s within %.0f s: not recorded as delivered",
-                event_id, self.feedback_timeout_s,
+                event_id,
+                self.feedback_timeout_s,
             )
             return False
         finally:

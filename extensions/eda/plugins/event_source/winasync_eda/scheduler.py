@@ -65,7 +65,12 @@ class Scheduler:
     """Runs one polling loop per host until cancelled."""
 
     def __init__(
-        self, slots: list[HostSlot], delivery: Delivery, timing: Timing, *, host_events: bool = False
+        self,
+        slots: list[HostSlot],
+        delivery: Delivery,
+        timing: Timing,
+        *,
+        host_events: bool = False,
     ) -> None:
         self.slots = slots
         self.delivery = delivery
@@ -89,12 +94,16 @@ class Scheduler:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _host_loop(self, slot: HostSlot) -> None:
-        spread = min(self.timing.interval, 5.0) if len(self.slots) > self.timing.max_concurrency else 0.0
+        spread = (
+            min(self.timing.interval, 5.0) if len(self.slots) > self.timing.max_concurrency else 0.0
+        )
         await asyncio.sleep(random.uniform(0, spread))  # noqa: S311 - jitter, not crypto
         while True:
             snap = await self._poll(slot)
             findings = slot.tracker.apply(snap)
-            self._counts.events += await self.delivery.deliver(slot.name, slot.async_dir, slot.tracker, findings)
+            self._counts.events += await self.delivery.deliver(
+                slot.name, slot.async_dir, slot.tracker, findings
+            )
             await asyncio.sleep(self._next_delay())
 
     def _next_delay(self) -> float:
@@ -126,9 +135,13 @@ class Scheduler:
             started = time.monotonic()
             try:
                 # the transport enforces its own deadline; this one only guards against a hang
-                return await asyncio.wait_for(slot.transport.poll(request), self.timing.poll_timeout + 10)
+                return await asyncio.wait_for(
+                    slot.transport.poll(request), self.timing.poll_timeout + 10
+                )
             except TimeoutError:
-                raise TransportError(f"{slot.name}: poll exceeded {self.timing.poll_timeout:.0f} s") from None
+                raise TransportError(
+                    f"{slot.name}: poll exceeded {self.timing.poll_timeout:.0f} s"
+                ) from None
             except TransportError:
                 raise
             except Exception as exc:  # a bug must not stop the other hosts: log it, retry later
@@ -151,8 +164,17 @@ class Scheduler:
         slot.failures += 1
         self._counts.failed += 1
         slot.last_error = error
-        log = LOGGER.warning if slot.failures == 1 or isinstance(exc, AuthenticationFailed) else LOGGER.info
-        log("%s: poll failed (%s); failure %d in a row, backing off", slot.name, error, slot.failures)
+        log = (
+            LOGGER.warning
+            if slot.failures == 1 or isinstance(exc, AuthenticationFailed)
+            else LOGGER.info
+        )
+        log(
+            "%s: poll failed (%s); failure %d in a row, backing off",
+            slot.name,
+            error,
+            slot.failures,
+        )
         if slot.failures == 1 and self.host_events:
             await self.delivery.host_event(slot.name, "unreachable", error)
 
@@ -170,6 +192,13 @@ class Scheduler:
             LOGGER.info(
                 "poll cycle (%.0f s): %d polls of %d hosts, %d failed, %d hosts unreachable, "
                 "%d job files (%d running), %d events emitted%s",
-                period, c.polls, len(self.slots), c.failed, down, jobs, running, c.events,
+                period,
+                c.polls,
+                len(self.slots),
+                c.failed,
+                down,
+                jobs,
+                running,
+                c.events,
                 f", {len(c.slow_ms)} polls slower than the interval" if c.slow_ms else "",
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .checkpoint import Checkpoint
@@ -27,7 +28,8 @@ def make_transport(host: HostConfig, cfg: SourceConfig) -> Transport:
     """The transport for one host (PSRP unless ``connection: local``)."""
     if host.connection == "local":
         return LocalTransport(host.name)
-    from .transports.psrp import PsrpSettings, PsrpTransport
+    from .transports.psrp import PsrpTransport
+    from .transports.psrp_settings import PsrpSettings
 
     return PsrpTransport(
         PsrpSettings(
@@ -42,7 +44,7 @@ def make_transport(host: HostConfig, cfg: SourceConfig) -> Transport:
             path=host.path,
             connection_timeout=host.connection_timeout,
             read_timeout=host.read_timeout,
-            operation_timeout=host.operation_timeout,
+            operation_timeout=max(1, int(host.operation_timeout)),
             call_deadline_s=cfg.poll_timeout,
             encryption=host.encryption,
             certificate_pem=host.certificate_pem,
@@ -84,9 +86,19 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     )
     LOGGER.info(
         "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",
-        len(slots), cfg.interval, cfg.max_concurrency, ", ".join(sorted(cfg.emit)),
+        len(slots),
+        cfg.interval,
+        cfg.max_concurrency,
+        ", ".join(sorted(cfg.emit)),
         f"; checkpoint {cfg.state_file}" if cfg.state_file else "",
     )
+    if any(h.connection == "psrp" for h in cfg.hosts):
+        # pypsrp blocks: each poll in flight holds a thread (asyncio.to_thread). The default
+        # executor has min(32, cpus + 4) threads, fewer than max_concurrency on small machines,
+        # and a host stuck inside one pypsrp call holds its thread until it returns.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(cfg.max_concurrency + 8, thread_name_prefix="async_jobs-psrp")
+        )
     await delivery.start()
     try:
         await Scheduler(slots, delivery, timing, host_events=cfg.host_events).run()
@@ -105,6 +117,8 @@ async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:
     else:
         for slot, result in zip(slots, results, strict=True):
             if isinstance(result, BaseException):
-                LOGGER.warning("%s: closing the connection failed: %s", slot.name, type(result).__name__)
+                LOGGER.warning(
+                    "%s: closing the connection failed: %s", slot.name, type(result).__name__
+                )
     await delivery.stop()
     LOGGER.info("stopped: %d connections closed, checkpoint flushed", len(slots))

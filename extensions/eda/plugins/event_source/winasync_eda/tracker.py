@@ -77,7 +77,9 @@ class HostTracker:
 
     def counts(self) -> tuple[int, int]:
         """(job files seen, of which running)."""
-        running = sum(1 for j in self._jobs.values() if j.record is not None and not j.record.finished)
+        running = sum(
+            1 for j in self._jobs.values() if j.record is not None and not j.record.finished
+        )
         return len(self._jobs), running
 
     def request(self, async_dir: str, max_bytes: int) -> PollRequest:
@@ -109,18 +111,22 @@ class HostTracker:
         """Fold one snapshot in; return the statuses reached, in the order seen."""
         self.results_dir = snap.results_dir
         findings: list[Finding] = []
-        if not snap.exists:
-            gone = list(self._jobs)
-        else:
-            gone = [n for n in snap.gone if n in self._jobs]
+        gone = [n for n in snap.gone if n in self._jobs] if snap.exists else list(self._jobs)
         for name in gone:
             job = self._jobs.pop(name)
-            if job.record is not None and not job.record.finished and not (
-                job.reported & {Status.LOST, Status.VANISHED}
+            if (
+                job.record is not None
+                and not job.record.finished
+                and not (job.reported & {Status.LOST, Status.VANISHED})
             ):
                 findings.append(
-                    Finding(name, Status.VANISHED, job.record, job.key.mtime_ms if job.key else None,
-                            "the job file was removed before the job finished")
+                    Finding(
+                        name,
+                        Status.VANISHED,
+                        job.record,
+                        job.key.mtime_ms if job.key else None,
+                        "the job file was removed before the job finished",
+                    )
                 )
         for entry in snap.changed:
             if self.only and entry.name not in self.only:
@@ -136,7 +142,12 @@ class HostTracker:
         job = self._jobs.setdefault(entry.name, _Job())
         job.ctime_ms = entry.ctime_ms if entry.ctime_ms is not None else job.ctime_ms
         if entry.error is not None:
-            LOGGER.debug("%s: %s not readable now (%s): read again next poll", self.host, entry.name, entry.error)
+            LOGGER.debug(
+                "%s: %s not readable now (%s): read again next poll",
+                self.host,
+                entry.name,
+                entry.error,
+            )
             job.key = None
             return None
         record: JobRecord | None
@@ -155,7 +166,9 @@ class HostTracker:
             if job.unparsable == UNPARSABLE_LIMIT:
                 LOGGER.warning(
                     "%s: job file %s stays unparsable (%d bytes): not read again until it changes",
-                    self.host, entry.name, entry.size,
+                    self.host,
+                    entry.name,
+                    entry.size,
                 )
             job.key = entry.key
             return None

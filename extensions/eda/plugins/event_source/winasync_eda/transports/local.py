@@ -32,13 +32,15 @@ class LocalTransport:
         now_ms = _now_ms()
         boot_ms = await _boot_ms()
         procs = {pid: await _process_start_ms(pid, boot_ms) for pid in request.pids}
-        directory = Path(os.path.expandvars(os.path.expanduser(request.async_dir)))
+        directory = _expand(request.async_dir)
         try:
             names = await aiofiles.os.listdir(directory)
         except FileNotFoundError:
             return Snapshot(str(directory), False, now_ms, boot_ms, (), list(request.known), procs)
         except OSError as exc:
-            raise TransportError(f"{self.host_name}: cannot list {directory}: {exc.strerror}") from None
+            raise TransportError(
+                f"{self.host_name}: cannot list {directory}: {exc.strerror}"
+            ) from None
         only = set(request.only)
         present = {n for n in names if is_job_name(n) and (not only or n in only)}
         changed = [
@@ -70,8 +72,15 @@ async def _read_if_changed(path: Path, request: PollRequest) -> FileEntry | None
     except FileNotFoundError:
         return FileEntry(path.name, 0, 0, error="gone")
     except OSError as exc:
-        return FileEntry(path.name, key.size, key.mtime_ms, ctime_ms, error=exc.strerror or "read error")
+        return FileEntry(
+            path.name, key.size, key.mtime_ms, ctime_ms, error=exc.strerror or "read error"
+        )
     return FileEntry(path.name, key.size, key.mtime_ms, ctime_ms, content=content)
+
+
+def _expand(async_dir: str) -> Path:
+    """``~`` and ``$VAR`` as ansible expands ANSIBLE_ASYNC_DIR (no disk access)."""
+    return Path(os.path.expandvars(os.path.expanduser(async_dir)))
 
 
 def _birth_ms(st: os.stat_result) -> int | None:
