@@ -55,7 +55,8 @@ def make_transport(host: HostConfig, cfg: SourceConfig) -> Transport:
 
 async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     """Watch the configured hosts until cancelled."""
-    cfg = parse_args(args)
+    # off the event loop: a large inventory takes seconds to read and template
+    cfg = await asyncio.to_thread(parse_args, args)
     checkpoint = Checkpoint(cfg.state_file)
     await checkpoint.load()
     delivery = Delivery(
