@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from winasync_eda.checkpoint import Checkpoint, CheckpointError
@@ -15,6 +15,7 @@ from winasync_eda.delivery import Delivery
 from winasync_eda.model import DEFAULT_EMIT, Status
 from winasync_eda.scheduler import HostSlot, Scheduler, Timing
 from winasync_eda.tracker import HostTracker
+from winasync_eda.transports.base import PollRequest, Snapshot
 
 from tests.unit.fakes import (
     AuthenticationFailed,
@@ -161,33 +162,31 @@ async def test_authentication_failure_backs_off_long() -> None:
     assert a.polls == 1
 
 
+class GaugedTransport(FakeTransport):
+    """Counts polls in flight across every host."""
+
+    gauge: ClassVar[dict[str, int]] = {"now": 0, "max": 0}
+
+    async def poll(self, request: PollRequest) -> Snapshot:
+        g = self.gauge
+        g["now"] += 1
+        g["max"] = max(g["max"], g["now"])
+        try:
+            return await super().poll(request)
+        finally:
+            g["now"] -= 1
+
+
 async def test_concurrency_is_capped() -> None:
     hosts = [FakeHost(f"win{i:02d}", delay_s=0.05) for i in range(12)]
-    shared = {"now": 0, "max": 0}
-
-    def enter(_: FakeHost) -> None:
-        shared["now"] += 1
-        shared["max"] = max(shared["max"], shared["now"])
-
     h = Harness(hosts, timing=Timing(interval=0.01, jitter=0.0, max_concurrency=3))
-    for slot in h.slots:
-        transport = slot.transport
-        assert isinstance(transport, FakeTransport)
-        orig = transport.poll
-
-        async def poll(req: Any, _orig: Any = orig) -> Any:
-            enter(hosts[0])
-            try:
-                return await _orig(req)
-            finally:
-                shared["now"] -= 1
-
-        transport.poll = poll  # type: ignore[method-assign]
+    for slot, host in zip(h.slots, hosts, strict=True):
+        slot.transport = GaugedTransport(host)
     async with h:
         await async_wait_until(
             lambda: all(x.polls >= 2 for x in hosts), 15, "every host polled twice"
         )
-    assert shared["max"] == 3
+    assert GaugedTransport.gauge["max"] == 3
 
 
 async def test_restart_with_state_file_emits_neither_less_nor_more(tmp_path: Path) -> None:

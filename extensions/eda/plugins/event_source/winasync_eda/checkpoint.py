@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiofiles
 import aiofiles.os
@@ -119,5 +119,4 @@ def _parse(raw: bytes, path: Path) -> Delivered:
     )
     if not ok:
         raise CheckpointError(f"state_file: {path} has an unexpected layout")
-    result: Delivered = delivered
-    return result
+    return cast(Delivered, delivered)
