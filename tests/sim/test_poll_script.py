@@ -1,0 +1,354 @@
+"""The poll script's meaning on the simulated host, against docs/poll-protocol.md."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from winsim import jobfiles
+from winsim.api import Command, PipelineRequest, PipelineResult
+from winsim.host import SimHost
+from winsim.jobs import WriteControl
+from winsim.scripts.dispatch import execute
+from winsim.scripts.poll import MARKER, cut_utf16
+
+pytestmark = pytest.mark.sim
+
+REPO = Path(__file__).resolve().parents[2]
+POLL_PS1 = REPO / "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1"
+ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_795_886_400.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def host(tmp_path: Path, clock: FakeClock) -> SimHost:
+    return SimHost("win01", tmp_path, clock=clock, boot_ms=1_795_800_000_000)
+
+
+def poll_script() -> str:
+    if POLL_PS1.exists():
+        return POLL_PS1.read_text(encoding="utf-8-sig")
+    return f"{MARKER}\nparam($AsyncDir, $Known, $Pids, $Only, $MaxBytes)\n"
+
+
+async def run_poll(
+    host: SimHost,
+    *,
+    known: dict[str, str] | None = None,
+    pids: list[int] | None = None,
+    only: list[str] | None = None,
+    max_bytes: int = 1_000_000,
+    async_dir: str = ASYNC_DIR,
+) -> PipelineResult:
+    params: list[tuple[str | None, Any]] = [
+        ("AsyncDir", async_dir),
+        ("Known", json.dumps(known or {})),
+        ("Pids", json.dumps(pids or [])),
+        ("Only", json.dumps(only or [])),
+        ("MaxBytes", str(max_bytes)),
+    ]
+    request = PipelineRequest([Command(text=poll_script(), is_script=True, parameters=params)])
+    return await execute(host, request)
+
+
+async def poll(host: SimHost, **kwargs: Any) -> dict[str, Any]:
+    result = await run_poll(host, **kwargs)
+    assert not result.failed, result.errors
+    assert result.errors == []
+    assert len(result.output) == 1
+    assert isinstance(result.output[0], str)
+    answer: dict[str, Any] = json.loads(result.output[0])
+    return answer
+
+
+def by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["name"]: f for f in answer["files"]}
+
+
+def key(entry: dict[str, Any]) -> str:
+    return f"{entry['size']}:{entry['mtime_ms']}"
+
+
+async def eventually(predicate: Callable[[], bool], limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {limit_s}s")
+        await asyncio.sleep(0.005)
+
+
+def test_the_real_script_carries_the_marker() -> None:
+    assert poll_script().splitlines()[0] == MARKER
+
+
+async def test_missing_dir(host: SimHost) -> None:
+    answer = await poll(host, known={"j1.2": "10:5"}, pids=[])
+    assert answer["v"] == 1
+    assert answer["exists"] is False
+    assert answer["dir"] == r"C:\Users\ansible\.ansible_async"
+    assert answer["files"] == []
+    assert answer["gone"] == ["j1.2"]
+    assert answer["now_ms"] == host.now_ms()
+    assert answer["boot_ms"] == 1_795_800_000_000
+
+
+async def test_lists_job_files_with_raw_bytes(host: SimHost, clock: FakeClock) -> None:
+    old = host.start_job("finished", 0, generation="2.18")
+    await host.job(old).wait(20)
+    clock.now += 1
+    new = host.start_job("finished", 3600, generation="2.19-ps51")
+    adir = host.async_dir_path
+    for other in ("notes.txt", "j1.2.tmp", "J5.6", "x12.3"):
+        (adir / other).write_bytes(b"{}")
+    (adir / "j7.8").mkdir()  # a directory is not a job file
+
+    answer = await poll(host)
+    assert answer["exists"] is True
+    files = by_name(answer)
+    assert set(files) == {old, new}
+    for name, entry in files.items():
+        raw = (adir / name).read_bytes()
+        assert base64.b64decode(entry["content"]) == raw
+        assert entry["size"] == len(raw)
+        assert entry["summary"] is None
+        assert entry["error"] is None
+    assert base64.b64decode(files[old]["content"]).endswith(b"\r\n")
+    assert files[new]["mtime_ms"] == host.now_ms()
+    assert files[old]["ctime_ms"] == host.now_ms() - 1000
+    assert answer["gone"] == []
+
+
+async def test_known_unchanged_omitted_changed_resent_gone(host: SimHost, clock: FakeClock) -> None:
+    a = host.start_job("finished", 3600)
+    b = host.start_job("finished", 3600)
+    c = host.start_job("finished", 3600)
+    first = by_name(await poll(host))
+    known = {name: key(entry) for name, entry in first.items()}
+
+    assert (await poll(host, known=known))["files"] == []
+
+    clock.now += 2
+    host.end_job_now(b)
+    await host.job(b).wait(20)
+    (host.async_dir_path / c).unlink()
+    answer = await poll(host, known=known)
+    assert [f["name"] for f in answer["files"]] == [b]
+    assert (
+        jobfiles.decode_job_file(base64.b64decode(answer["files"][0]["content"]))
+        == host.job(b).final
+    )
+    assert answer["gone"] == [c]
+    assert a not in answer["gone"]
+
+    # a stale key (same name, other size) is sent again
+    stale = dict(known, **{a: "1:1"})
+    names = [f["name"] for f in (await poll(host, known=stale))["files"]]
+    assert names == sorted([a, b])  # NTFS lists names in order
+
+
+async def test_only(host: SimHost) -> None:
+    a = host.start_job("finished", 3600)
+    b = host.start_job("finished", 3600)
+    answer = await poll(host, only=[b], known={a: "1:1", "j9.9": "1:1"})
+    assert [f["name"] for f in answer["files"]] == [b]
+    # a is filtered out but still present, so not gone
+    assert answer["gone"] == ["j9.9"]
+
+
+async def test_procs(host: SimHost) -> None:
+    alive = host.spawn_process()
+    hidden = host.spawn_process()
+    host.hidden_start_pids.add(hidden)
+    answer = await poll(host, pids=[alive, hidden, 999_999])
+    assert answer["procs"] == {str(alive): host.now_ms(), str(hidden): -1, "999999": None}
+
+
+async def test_procs_after_reboot_and_pid_reuse(host: SimHost, clock: FakeClock) -> None:
+    jid = host.start_job("finished", 3600)
+    pid = host.job(jid).watchdog_pid
+    assert (await poll(host, pids=[pid]))["procs"][str(pid)] == host.now_ms()
+    clock.now += 300
+    host.reboot()
+    answer = await poll(host, pids=[pid])
+    assert answer["procs"][str(pid)] is None
+    assert answer["boot_ms"] == host.now_ms()
+    entry = by_name(answer)[jid]
+    assert entry["mtime_ms"] < answer["boot_ms"]
+    assert json.loads(base64.b64decode(entry["content"]))["finished"] is False
+    while host.spawn_process() != pid:
+        pass
+    assert (await poll(host, pids=[pid]))["procs"][str(pid)] == host.now_ms()
+
+
+async def test_summary_for_big_files(host: SimHost) -> None:
+    jid = host.start_job("failed", 0, rc=3, stdout="é" * 5000, stderr="e" * 5000)
+    await host.job(jid).wait(20)
+    size = (host.async_dir_path / jid).stat().st_size
+    answer = await poll(host, max_bytes=size - 1)
+    entry = by_name(answer)[jid]
+    assert entry["content"] is None
+    assert entry["error"] is None
+    summary = entry["summary"]
+    cut = (size - 1) // 4
+    assert summary["stdout"] == "é" * cut
+    assert summary["stderr"] == "e" * cut
+    assert summary["rc"] == 3
+    assert summary["failed"] is True
+    assert summary["finished"] is True
+    assert summary["msg"] == "non-zero return code"
+    assert summary["changed"] is True
+    assert summary["started"] is True
+    assert summary["ansible_async_watchdog_pid"] == host.job(jid).watchdog_pid
+    assert set(summary) == {
+        "started",
+        "finished",
+        "failed",
+        "rc",
+        "msg",
+        "changed",
+        "ansible_async_watchdog_pid",
+        "stdout",
+        "stderr",
+    }
+    # exactly MaxBytes is still sent whole
+    assert by_name(await poll(host, max_bytes=size))[jid]["content"] is not None
+
+
+async def test_summary_null_for_unparsable_big_file(host: SimHost) -> None:
+    jid = host.start_job("finished", 0, stdout="x" * 500, write=WriteControl(hold=True))
+    job = host.job(jid)
+    host.step_write(jid)
+    await eventually(lambda: job.phase == "writing-partial")
+    answer = await poll(host, max_bytes=10)
+    entry = by_name(answer)[jid]
+    assert entry["summary"] is None
+    assert entry["content"] is None
+    assert entry["error"] is None
+    host.step_write(jid)
+    await job.wait(20)
+
+
+async def test_empty_and_partial_files_are_sent_as_is(host: SimHost) -> None:
+    jid = host.start_job("finished", 0, write=WriteControl(hold=True))
+    job = host.job(jid)
+    await eventually(lambda: job.phase == "writing-empty")
+    entry = by_name(await poll(host))[jid]
+    assert entry["size"] == 0
+    assert entry["content"] == ""
+    host.step_write(jid)
+    await eventually(lambda: job.phase == "writing-partial")
+    entry = by_name(await poll(host))[jid]
+    assert entry["size"] > 0
+    assert jobfiles.decode_job_file(base64.b64decode(entry["content"])) is None
+    host.step_write(jid)
+    await job.wait(20)
+
+
+async def test_sharing_violation(host: SimHost) -> None:
+    jid = host.start_job("finished", 0, write=WriteControl(hold=True), lock_while_writing=True)
+    other = host.start_job("finished", 3600)
+    job = host.job(jid)
+    await eventually(lambda: job.phase == "writing-empty")
+    files = by_name(await poll(host))
+    assert files[jid]["content"] is None
+    assert files[jid]["summary"] is None
+    assert "being used by another process" in files[jid]["error"]
+    assert files[other]["error"] is None
+    assert files[other]["content"]
+    host.step_write(jid)
+    host.step_write(jid)
+    await job.wait(20)
+    assert by_name(await poll(host))[jid]["error"] is None
+
+    host.lock_file(rf"{host.async_dir}\{other}")
+    assert "being used" in by_name(await poll(host))[other]["error"]
+    host.lock_file(rf"{host.async_dir}\{other}", locked=False)
+    assert by_name(await poll(host))[other]["error"] is None
+
+
+async def test_other_async_dir(host: SimHost) -> None:
+    jid = host.start_job("finished", 3600, async_dir=r"C:\jobs")
+    answer = await poll(host, async_dir=r"C:\JOBS")
+    assert answer["dir"] == r"C:\JOBS"
+    assert [f["name"] for f in answer["files"]] == [jid]
+    assert (await poll(host, async_dir=r"D:\nowhere"))["exists"] is False
+    assert (await poll(host, async_dir=r"%NOPE%\x"))["dir"] == r"%NOPE%\x"
+
+
+async def test_bad_parameters_fail_the_pipeline(host: SimHost) -> None:
+    request = PipelineRequest(
+        [Command(text=poll_script(), is_script=True, parameters=[("AsyncDir", ASYNC_DIR)])]
+    )
+    result = await execute(host, request)
+    assert result.failed
+    assert result.errors
+    assert result.output == []
+    bad = await run_poll(host, max_bytes=0, known=None)
+    assert not bad.failed
+    result = await execute(
+        host,
+        PipelineRequest(
+            [
+                Command(
+                    text=poll_script(),
+                    is_script=True,
+                    parameters=[
+                        ("AsyncDir", ASYNC_DIR),
+                        ("Known", "{}"),
+                        ("Pids", "[1]"),
+                        ("Only", "[]"),
+                        ("MaxBytes", "lots"),
+                    ],
+                )
+            ]
+        ),
+    )
+    assert result.failed
+
+
+async def test_marker_only_on_the_first_line(host: SimHost) -> None:
+    text = "# something else\n" + poll_script()
+    result = await execute(host, PipelineRequest([Command(text=text, is_script=True)]))
+    assert result.failed
+    assert result.errors == ["winsim: script not simulated: # something else"]
+
+
+async def test_unrecognised_scripts_fail(host: SimHost) -> None:
+    result = await execute(
+        host,
+        PipelineRequest([Command(text="Get-Process | Select-Object -First 1", is_script=True)]),
+    )
+    assert result.failed
+    assert result.errors == ["winsim: script not simulated: Get-Process | Select-Object -First 1"]
+    result = await execute(host, PipelineRequest([Command(text="Get-ChildItem", is_script=False)]))
+    assert result.failed
+    assert "Get-ChildItem" in result.errors[0]
+    result = await execute(host, PipelineRequest([]))
+    assert result.failed
+
+
+def test_cut_counts_utf16_units() -> None:
+    assert cut_utf16("abc", 5) == "abc"
+    assert cut_utf16("abcdef", 3) == "abc"
+    # U+1F600 is two UTF-16 units: never cut in half
+    assert cut_utf16("a\U0001f600b", 2) == "a"
+    assert cut_utf16("a\U0001f600b", 3) == "a\U0001f600"

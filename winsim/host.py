@@ -1,0 +1,379 @@
+"""The state of one simulated Windows host: its user profile on disk, clock, boot and processes.
+
+The async dir is a real directory, so the poll script, ``async_status`` and the scripted jobs all
+see the same bytes a Windows host would hold. Everything that mutates the host runs on the
+server's event loop; the ``*`` methods that tests call from another thread hop onto that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ntpath
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from winsim.jobfiles import Generation
+
+if TYPE_CHECKING:
+    from winsim.jobs import Outcome, ScriptedJob, WriteControl
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PsEdition = Literal["5.1", "7"]
+
+DEFAULT_ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
+# Windows pids are multiples of 4; a reboot restarts the sequence, so pids come back.
+FIRST_PID = 4000
+PID_STEP = 4
+THREAD_CALL_TIMEOUT_S = 30.0
+
+
+def expand_environment_variables(text: str, env: Mapping[str, str]) -> str:
+    """``[Environment]::ExpandEnvironmentVariables``: ``%NAME%`` case-insensitive, unknown kept.
+
+    Like ExpandEnvironmentStringsW, the closing ``%`` of an unknown name may open the next one.
+    """
+    folded = {k.casefold(): v for k, v in env.items()}
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        start = text.find("%", i)
+        if start < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:start])
+        end = text.find("%", start + 1)
+        if end < 0:
+            out.append(text[start:])
+            break
+        name = text[start + 1 : end]
+        value = folded.get(name.casefold()) if name else None
+        if value is None:
+            out.append(text[start:end])
+            i = end
+        else:
+            out.append(value)
+            i = end + 1
+    return "".join(out)
+
+
+class SimHost:
+    """One named host; ``root`` is ``<state_dir>/<name>`` and stands for its ``C:\\`` drive."""
+
+    def __init__(
+        self,
+        name: str,
+        state_dir: str | os.PathLike[str],
+        *,
+        user: str = "ansible",
+        generation: Generation = "2.19-ps51",
+        clock: Callable[[], float] = time.time,
+        boot_ms: int | None = None,
+    ) -> None:
+        self.name = name
+        self.user = user
+        self.generation: Generation = generation
+        self.clock = clock
+        self.state_dir = Path(state_dir)
+        self.root = self.state_dir / name
+        self.profile_dir = self.root / "Users" / user
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        self.env: dict[str, str] = self._default_env()
+        self.boot_ms: int = self.now_ms() if boot_ms is None else boot_ms
+        # pid -> start time (ms since the epoch, UTC)
+        self.processes: dict[int, int] = {}
+        # running pids whose start time cannot be read (the poll reports -1)
+        self.hidden_start_pids: set[int] = set()
+        # case-folded Windows paths of files that fail to open (sharing violation)
+        self.locked_paths: set[str] = set()
+        self.jobs: dict[str, ScriptedJob] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # called on the loop after a reboot: the protocol layer drops its shells, as the
+        # real host's wsmprovhost processes die with it
+        self.reboot_listeners: list[Callable[[], object]] = []
+        self._next_pid = FIRST_PID
+        self._ctimes: dict[str, int] = {}
+        self._lock = threading.RLock()
+        # the wsmprovhost process that runs ansible's async_wrapper (the `.pid` of a jid)
+        self.session_pid = self.spawn_process()
+
+    # -- identity and clock -------------------------------------------------------------------
+
+    @property
+    def ps_edition(self) -> PsEdition:
+        return "7" if self.generation == "2.19-pwsh7" else "5.1"
+
+    @property
+    def userprofile(self) -> str:
+        return rf"C:\Users\{self.user}"
+
+    @property
+    def async_dir(self) -> str:
+        """The default async dir, expanded (``C:\\Users\\<user>\\.ansible_async``)."""
+        return self.expand(DEFAULT_ASYNC_DIR)
+
+    @property
+    def async_dir_path(self) -> Path:
+        path = self.to_local(self.async_dir)
+        assert path is not None
+        return path
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _default_env(self) -> dict[str, str]:
+        profile = self.userprofile
+        return {
+            "USERPROFILE": profile,
+            "USERNAME": self.user,
+            "USERDOMAIN": self.name.upper(),
+            "COMPUTERNAME": self.name.upper(),
+            "HOMEDRIVE": "C:",
+            "HOMEPATH": rf"\Users\{self.user}",
+            "SystemDrive": "C:",
+            "SystemRoot": r"C:\Windows",
+            "windir": r"C:\Windows",
+            "ProgramData": r"C:\ProgramData",
+            "ProgramFiles": r"C:\Program Files",
+            "APPDATA": rf"{profile}\AppData\Roaming",
+            "LOCALAPPDATA": rf"{profile}\AppData\Local",
+            "TEMP": rf"{profile}\AppData\Local\Temp",
+            "TMP": rf"{profile}\AppData\Local\Temp",
+            "PUBLIC": r"C:\Users\Public",
+        }
+
+    def expand(self, text: str) -> str:
+        return expand_environment_variables(text, self.env)
+
+    # -- paths ----------------------------------------------------------------------------------
+
+    def to_local(self, win_path: str) -> Path | None:
+        """Map an absolute ``C:\\`` path to disk, matching names case-insensitively.
+
+        Anything else (another drive, UNC, relative) has no place on this host: None.
+        """
+        norm = ntpath.normpath(win_path.replace("/", "\\"))
+        drive, rest = ntpath.splitdrive(norm)
+        if drive.casefold() != "c:" or not rest.startswith("\\"):
+            return None
+        current = self.root
+        for part in rest.split("\\"):
+            if part in ("", "."):
+                continue
+            current = _child_casefold(current, part)
+        return current
+
+    def to_windows(self, local: Path) -> str:
+        rel = local.relative_to(self.root)
+        return "C:\\" + "\\".join(rel.parts)
+
+    def local_async_dir(self, async_dir: str = DEFAULT_ASYNC_DIR) -> tuple[str, Path | None]:
+        expanded = self.expand(async_dir)
+        return expanded, self.to_local(expanded)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def write_file(self, path: Path, data: bytes, *, truncate_only: bool = False) -> None:
+        """Write as a Windows writer would, stamping the host clock as the last write time."""
+        created = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as fh:
+            if not truncate_only:
+                fh.write(data)
+        now_ns = int(self.clock() * 1_000_000_000)
+        os.utime(path, ns=(now_ns, now_ns))
+        if created:
+            self._ctimes[str(path)] = now_ns // 1_000_000
+
+    def ctime_ms(self, path: Path, st: os.stat_result) -> int:
+        """Creation time: Linux has none, so the host remembers what it created."""
+        return self._ctimes.get(str(path), st.st_mtime_ns // 1_000_000)
+
+    def forget_file(self, path: Path) -> None:
+        self._ctimes.pop(str(path), None)
+
+    def lock_file(self, win_path: str, locked: bool = True) -> None:
+        key = ntpath.normpath(win_path).casefold()
+        if locked:
+            self.locked_paths.add(key)
+        else:
+            self.locked_paths.discard(key)
+
+    def is_locked(self, win_path: str) -> bool:
+        key = ntpath.normpath(win_path).casefold()
+        if key in self.locked_paths:
+            return True
+        name = ntpath.basename(key)
+        job = next((j for j in self.jobs.values() if j.jid.casefold() == name), None)
+        return job is not None and job.is_locked_for(key)
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def spawn_process(self, pid: int | None = None, start_ms: int | None = None) -> int:
+        """Register a process; without ``pid`` the next one in the boot's sequence (reused)."""
+        with self._lock:
+            if pid is None:
+                while self._next_pid in self.processes:
+                    self._next_pid += PID_STEP
+                pid = self._next_pid
+                self._next_pid += PID_STEP
+            self.processes[pid] = self.now_ms() if start_ms is None else start_ms
+            return pid
+
+    def kill_process(self, pid: int) -> None:
+        with self._lock:
+            self.processes.pop(pid, None)
+            self.hidden_start_pids.discard(pid)
+
+    def process_start_ms(self, pid: int) -> int | None:
+        """Start time in ms, -1 when it runs but the start cannot be read, None when gone."""
+        with self._lock:
+            start = self.processes.get(pid)
+            if start is None:
+                return None
+            return -1 if pid in self.hidden_start_pids else start
+
+    # -- event loop -----------------------------------------------------------------------------
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop that runs this host's jobs (the server's)."""
+        self.loop = loop
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the host's loop: directly when already there, else hop and wait."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (self.loop is None or running is self.loop):
+            self.loop = running
+            return fn(*args, **kwargs)
+        loop = self.loop
+        if loop is None:
+            # nothing can run on a loop yet: no job to race with
+            return fn(*args, **kwargs)
+        if loop.is_closed():
+            raise RuntimeError(f"host {self.name}: its event loop is closed")
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed back to the caller's thread
+                fut.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return fut.result(THREAD_CALL_TIMEOUT_S)
+
+    # -- reboot and jobs ------------------------------------------------------------------------
+
+    def reboot(self) -> None:
+        """Boot time = now; every process gone; running jobs die without a final write."""
+        self.call(self._reboot)
+
+    def _reboot(self) -> None:
+        for job in list(self.jobs.values()):
+            job.kill()
+        with self._lock:
+            self.processes.clear()
+            self.hidden_start_pids.clear()
+            self._next_pid = FIRST_PID
+            self.boot_ms = self.now_ms()
+            self.session_pid = self.spawn_process()
+        log.info("host %s rebooted", self.name)
+        for listener in list(self.reboot_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("host %s: a reboot listener failed", self.name)
+
+    def start_job(
+        self,
+        outcome: Outcome = "finished",
+        duration_s: float = 1.0,
+        *,
+        rc: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+        msg: str | None = None,
+        generation: Generation | None = None,
+        jid: str | None = None,
+        timeout_s: float | None = None,
+        cmd: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        async_dir: str = DEFAULT_ASYNC_DIR,
+        write: WriteControl | None = None,
+        lock_while_writing: bool = False,
+    ) -> str:
+        """Start a scripted async job; returns its jid (``j<digits>.<pid>``). Any thread."""
+        from winsim.jobs import JobSpec, start
+
+        spec = JobSpec(
+            outcome=outcome,
+            duration_s=duration_s,
+            rc=rc,
+            stdout=stdout,
+            stderr=stderr,
+            msg=msg,
+            generation=generation or self.generation,
+            jid=jid,
+            timeout_s=timeout_s,
+            cmd=cmd,
+            result=dict(result or {}),
+            async_dir=async_dir,
+            write=write,
+            lock_while_writing=lock_while_writing,
+        )
+        return self.call(start, self, spec).jid
+
+    def job(self, jid: str) -> ScriptedJob:
+        return self.jobs[jid]
+
+    def step_write(self, jid: str) -> None:
+        """Let a job held by ``WriteControl(hold=True)`` go on to its next write step."""
+        self.call(self.jobs[jid].step)
+
+    def end_job_now(self, jid: str) -> None:
+        """Cut a job's duration short: it reaches its outcome now."""
+        self.call(self.jobs[jid].end_now)
+
+    def orphan_job(self, jid: str) -> None:
+        """Kill a job's watchdog: its file stays unfinished for good."""
+        self.call(self.jobs[jid].kill, "orphaned")
+
+    def wait_until_finished(self, jid: str, timeout: float = 30.0) -> ScriptedJob:
+        """Block (not on the loop's thread) until the job ended: done, orphaned or killed."""
+        job = self.jobs[jid]
+        if self.loop is not None and self.loop.is_running() and _on_loop_thread(self.loop):
+            raise RuntimeError("wait_until_finished blocks: use `await job.wait(timeout)` instead")
+        if not job.ended.wait(timeout):
+            raise TimeoutError(f"job {jid} on {self.name} not ended after {timeout}s")
+        return job
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _child_casefold(parent: Path, name: str) -> Path:
+    exact = parent / name
+    if exact.exists() or not parent.is_dir():
+        return exact
+    folded = name.casefold()
+    try:
+        for entry in os.scandir(parent):
+            if entry.name.casefold() == folded:
+                return parent / entry.name
+    except OSError:
+        pass
+    return exact

@@ -1,0 +1,1 @@
+"""What the simulated host does with each script it is sent (see ``dispatch.execute``)."""
