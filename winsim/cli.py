@@ -234,7 +234,7 @@ class CommandError(Exception):
     """The running sim refused a command."""
 
 
-def _control(state: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def control(state: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     sock_path = meta_dir(Path(state).resolve()) / SOCKET_NAME
     if not sock_path.exists():
         raise CommandError(f"no running sim for {state} (start `python -m winsim serve` first)")
@@ -256,24 +256,24 @@ def cmd_job(args: argparse.Namespace) -> int:
         "async_dir": args.async_dir,
         "lock_while_writing": args.lock_while_writing or None,
     }
-    print(_control(args.state, "POST", "/job", body)["jid"])
+    print(control(args.state, "POST", "/job", body)["jid"])
     return 0
 
 
 def cmd_reboot(args: argparse.Namespace) -> int:
-    answer = _control(args.state, "POST", "/reboot", {"host": args.host})
+    answer = control(args.state, "POST", "/reboot", {"host": args.host})
     print(f"{answer['host']} rebooted at {answer['boot_ms']}")
     return 0
 
 
 def cmd_orphan(args: argparse.Namespace) -> int:
-    _control(args.state, "POST", "/orphan", {"host": args.host, "jid": args.jid})
+    control(args.state, "POST", "/orphan", {"host": args.host, "jid": args.jid})
     print(f"{args.jid} orphaned")
     return 0
 
 
 def cmd_hosts(args: argparse.Namespace) -> int:
-    for entry in _control(args.state, "GET", "/hosts"):
+    for entry in control(args.state, "GET", "/hosts"):
         print(f"{entry['name']} {entry['url']} credentials={entry['credentials']}")
     return 0
 

@@ -160,7 +160,7 @@ class Scheduler:
 
     async def _failed(self, slot: HostSlot, rs: RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome is not None else None
-        error = str(exc) if exc is not None else "unknown error"
+        error = (str(exc) or type(exc).__name__) if exc is not None else "unknown error"
         slot.failures += 1
         self._counts.failed += 1
         slot.last_error = error

@@ -1,0 +1,204 @@
+"""A fleet of simulated hosts in a process of its own (``python -m winsim serve``).
+
+The end-to-end tests, the demo and the soak run the fleet apart from the clients, as a real
+fleet would be: the event source, ansible-rulebook and ansible-playbook reach it only over
+WinRM on loopback, and the driver scripts steer it through the serve command's control socket.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from winsim.cli import SOCKET_NAME, meta_dir
+
+READY_TIMEOUT_S = 60.0
+
+
+class FleetError(RuntimeError):
+    """The fleet did not start, or refused a command."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("winsim", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def control(state: Path, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One request to a running ``serve``'s control socket (blocking; usable from any thread,
+    also inside a running event loop, unlike ``winsim.cli``'s client)."""
+    conn = _UnixConnection(meta_dir(state) / SOCKET_NAME, timeout=30)
+    try:
+        payload = None if body is None else json.dumps(body)
+        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+    if response.status >= 400:
+        raise FleetError(str(data.get("error", data) if isinstance(data, dict) else data))
+    return data
+
+
+class Fleet:
+    """Start ``python -m winsim serve`` and steer it; stopped (and waited for) on exit."""
+
+    def __init__(
+        self,
+        state: Path,
+        hosts: int = 2,
+        *,
+        https: bool = True,
+        generation: str | None = None,
+        prefix: str = "win",
+        log: Path | None = None,
+    ) -> None:
+        self.state = state.resolve()
+        self.count = hosts
+        self.https = https
+        self.generation = generation
+        self.prefix = prefix
+        self.log_path = log or self.state / "winsim.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.hosts: list[dict[str, Any]] = []
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Fleet:
+        self.state.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "winsim",
+            "serve",
+            "--hosts",
+            str(self.count),
+            "--state",
+            str(self.state),
+            "--prefix",
+            self.prefix,
+        ]
+        if self.https:
+            cmd.append("--https")
+        if self.generation:
+            cmd += ["--generation", self.generation]
+        root = Path(__file__).resolve().parents[1]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        }
+        self._log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=root
+        )
+        sock = meta_dir(self.state) / SOCKET_NAME
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if self._proc.poll() is not None:
+                self.stop()
+                raise FleetError(
+                    f"winsim serve exited with {self._proc.returncode}; see {self.log_path}"
+                )
+            if sock.exists():
+                try:
+                    self.hosts = list(control(self.state, "GET", "/hosts"))
+                    break
+                except OSError:  # the socket file exists before it listens: look again
+                    pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise FleetError(
+                    f"winsim serve not ready after {READY_TIMEOUT_S:.0f} s; see {self.log_path}"
+                )
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- what clients need ----------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [h["name"] for h in self.hosts]
+
+    @property
+    def inventory(self) -> Path:
+        """A psrp inventory of every host (0600: it holds the passwords)."""
+        return meta_dir(self.state) / "inventory.yml"
+
+    @property
+    def ca_bundle(self) -> Path | None:
+        bundle = self.hosts[0].get("ca_bundle") if self.hosts else None
+        return Path(bundle) if bundle else None
+
+    def credentials(self, host: str) -> dict[str, Any]:
+        entry = self._entry(host)
+        data: dict[str, Any] = json.loads(Path(entry["credentials"]).read_text(encoding="utf-8"))
+        return data
+
+    def async_dir(self, host: str, user: str = "ansible") -> Path:
+        """The directory on this disk that stands for the host's ``%USERPROFILE%\\.ansible_async``."""
+        return Path(self._entry(host)["root"]) / "Users" / user / ".ansible_async"
+
+    def job_files(self, host: str) -> list[str]:
+        directory = self.async_dir(host)
+        return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+    # --- steering -------------------------------------------------------------------------
+
+    def job(
+        self, host: str, outcome: str = "finished", duration_s: float = 1.0, **options: Any
+    ) -> str:
+        """Start a scripted job (see ``SimHost.start_job``); returns its jid."""
+        body = {"host": host, "outcome": outcome, "duration_s": duration_s, **options}
+        return str(control(self.state, "POST", "/job", body)["jid"])
+
+    def reboot(self, host: str) -> None:
+        control(self.state, "POST", "/reboot", {"host": host})
+
+    def orphan(self, host: str, jid: str) -> None:
+        control(self.state, "POST", "/orphan", {"host": host, "jid": jid})
+
+    def _entry(self, host: str) -> dict[str, Any]:
+        for entry in self.hosts:
+            if entry["name"] == host:
+                return entry
+        raise FleetError(f"no host {host!r} in this fleet")
