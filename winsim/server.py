@@ -1,0 +1,378 @@
+"""Many simulated Windows hosts in one process: one aiohttp runner, one listening socket per host.
+
+Each host has its own port (and address), credentials, shells, counters and faults. A request is
+routed to its host by the local socket address it arrived on. Basic auth only (over HTTP with
+the client's ``encryption="never"``, or over HTTPS with a certificate from the server's CA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import shutil
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from winsim.api import Executor
+from winsim.counters import Counters
+from winsim.faults import Fault, FaultKind, FaultPlan
+from winsim.tls import DEFAULT_NAMES, CertificateAuthority
+from winsim.wsman import (
+    ERROR_INVALID_PARAMETER,
+    WSManError,
+    WSManReply,
+    WSManRequest,
+    WSManService,
+    parse_request,
+)
+
+log = logging.getLogger(__name__)
+
+_MAX_BODY = 16 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class HostEndpoint:
+    """One simulated host as the network sees it."""
+
+    name: str
+    host: Any = field(repr=False)
+    address: str
+    port: int
+    https: bool
+    username: str
+    service: WSManService = field(repr=False)
+    counters: Counters = field(default_factory=Counters, repr=False)
+    faults: FaultPlan = field(default_factory=FaultPlan, repr=False)
+    _password: str = field(default="", repr=False)
+    _socket_key: tuple[str, int] = field(default=("", 0), repr=False)
+    _site: web.BaseSite | None = field(default=None, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https else "http"
+
+    @property
+    def url(self) -> str:
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{address}:{self.port}/wsman"
+
+    @property
+    def open_shells(self) -> int:
+        """Runspace pools the host holds now (a client that closed its pools leaves 0)."""
+        return self.service.open_shells
+
+    @property
+    def listening(self) -> bool:
+        return self._site is not None
+
+    def check_credentials(self, header: str | None) -> bool:
+        if not header or header[:6].lower() != "basic ":
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:].strip()).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        same_user = hmac.compare_digest(user.encode(), self.username.encode())
+        same_password = hmac.compare_digest(password.encode(), self._password.encode())
+        return same_user and same_password
+
+
+class SimServer:
+    """The simulated hosts of one process, served from the running event loop.
+
+    Use ``async with SimServer(executor) as server`` (or ``start``/``stop``), then ``add_host``.
+    From synchronous code use ``winsim.testing.SimServerThread``.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        ca: CertificateAuthority | None = None,
+        ca_bundle: str | Path | None = None,
+        shutdown_timeout: float = 2.0,
+    ) -> None:
+        self.executor = executor
+        self._ca = ca
+        self._ca_bundle = Path(ca_bundle) if ca_bundle is not None else None
+        self._tmpdir: str | None = None
+        self._shutdown_timeout = shutdown_timeout
+        self._endpoints: dict[str, HostEndpoint] = {}
+        self._by_socket: dict[tuple[str, int], HostEndpoint] = {}
+        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_route("POST", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=self._shutdown_timeout,
+        )
+        await self._runner.setup()
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        tasks: list[asyncio.Task[None]] = []
+        for endpoint in self._endpoints.values():
+            endpoint.faults.on_listen_change = None
+            endpoint._site = None
+            tasks.extend(endpoint.service.close_all())
+        if runner is not None:
+            await runner.cleanup()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._endpoints.clear()
+        self._by_socket.clear()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # --- hosts ---------------------------------------------------------------------------
+
+    async def add_host(
+        self,
+        name: str,
+        host: Any,
+        *,
+        username: str,
+        password: str,
+        address: str = "127.0.0.1",
+        port: int = 0,
+        https: bool = False,
+    ) -> HostEndpoint:
+        """Start serving one host; ``port=0`` picks a free port (read it from ``.port``)."""
+        if self._runner is None:
+            raise RuntimeError("SimServer is not started")
+        if name in self._endpoints:
+            raise ValueError(f"host {name!r} already exists")
+        endpoint = HostEndpoint(
+            name=name,
+            host=host,
+            address=address,
+            port=port,
+            https=https,
+            username=username,
+            service=WSManService(host, self.executor, machine=name, owner=username),
+            _password=password,
+        )
+        await self._listen(endpoint)
+        self._endpoints[name] = endpoint
+        endpoint.faults.on_listen_change = lambda: self._listen_changed(endpoint)
+        # the host's scripted jobs run on this loop; a reboot ends every PSRP session, as on
+        # a real host (clients then see an unknown shell and open a new pool)
+        if hasattr(host, "attach_loop"):
+            host.attach_loop(asyncio.get_running_loop())
+        if hasattr(host, "reboot_listeners"):
+            host.reboot_listeners.append(endpoint.service.close_all)
+        return endpoint
+
+    async def remove_host(self, name: str) -> None:
+        endpoint = self._endpoints.pop(name)
+        endpoint.faults.on_listen_change = None
+        self._by_socket.pop(endpoint._socket_key, None)
+        if endpoint._site is not None:
+            await endpoint._site.stop()
+            endpoint._site = None
+        tasks = endpoint.service.close_all()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def endpoint(self, name: str) -> HostEndpoint:
+        return self._endpoints[name]
+
+    @property
+    def endpoints(self) -> list[HostEndpoint]:
+        return list(self._endpoints.values())
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        if self._ca is None:
+            self._ca = CertificateAuthority()
+        return self._ca
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The CA certificate file clients validate the hosts' certificates against."""
+        if self._ca_bundle is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="winsim-ca-")
+            self._ca_bundle = Path(self._tmpdir, "ca.pem")
+        if not self._ca_bundle.exists():
+            self.ca.write_bundle(self._ca_bundle)
+        return self._ca_bundle
+
+    # --- listening (and not, for the REFUSE fault) ---------------------------------------
+
+    async def _listen(self, endpoint: HostEndpoint) -> None:
+        assert self._runner is not None
+        family = socket.AF_INET6 if ":" in endpoint.address else socket.AF_INET
+        sock = socket.create_server((endpoint.address, endpoint.port), family=family, backlog=512)
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        endpoint.port = bound[1]
+        endpoint._socket_key = (bound[0], bound[1])
+        self._by_socket[endpoint._socket_key] = endpoint
+        ssl_context = self._ssl_context(endpoint.address) if endpoint.https else None
+        site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
+        await site.start()
+        endpoint._site = site
+
+    def _ssl_context(self, address: str) -> ssl.SSLContext:
+        context = self._ssl_contexts.get(address)
+        if context is None:
+            self.ca_bundle  # noqa: B018 - write the bundle before any client needs it
+            context = self.ca.server_context((*DEFAULT_NAMES, address))
+            self._ssl_contexts[address] = context
+        return context
+
+    def _listen_changed(self, endpoint: HostEndpoint) -> None:
+        """Called from any thread when a REFUSE fault comes or goes; waits when it can."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._runner is None:
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            task = loop.create_task(self._sync_listening(endpoint))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            task.add_done_callback(_log_task_error)
+        else:
+            asyncio.run_coroutine_threadsafe(self._sync_listening(endpoint), loop).result(10)
+
+    async def _sync_listening(self, endpoint: HostEndpoint) -> None:
+        async with endpoint._lock:
+            if self._endpoints.get(endpoint.name) is not endpoint or self._runner is None:
+                return
+            refusing = endpoint.faults.refusing
+            if refusing and endpoint._site is not None:
+                site, endpoint._site = endpoint._site, None
+                await site.stop()
+            elif not refusing and endpoint._site is None:
+                await self._listen(endpoint)
+
+    # --- requests ------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        endpoint = self._by_socket.get((sockname[0], sockname[1])) if sockname else None
+        if endpoint is None:
+            raise web.HTTPNotFound()
+        data = await request.read()
+        try:
+            req: WSManRequest | None = parse_request(data)
+        except WSManError:
+            req = None
+        action = req.action if req is not None else "unknown"
+        fault = endpoint.faults.take(action, req is not None and req.shell_id is not None)
+        sent = 0
+        try:
+            reply = await self._reply(request, endpoint, req, fault)
+            if reply is None:
+                return web.Response()
+            sent = len(reply.body)
+            if fault is not None and fault.kind == FaultKind.DROP:
+                return await self._drop_mid_reply(request, reply)
+        finally:
+            # counted even when the client gave up (a delayed or long-polled request)
+            endpoint.counters.record(action, len(data), sent)
+        headers = {"Content-Type": reply.content_type}
+        if reply.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="WSMAN"'
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+    async def _reply(
+        self,
+        request: web.Request,
+        endpoint: HostEndpoint,
+        req: WSManRequest | None,
+        fault: Fault | None,
+    ) -> WSManReply | None:
+        """The reply to send, or None when the connection was closed instead."""
+        kind = fault.kind if fault is not None else None
+        if kind in (FaultKind.REFUSE, FaultKind.FLAP):  # FLAP: take() returns it when down
+            _abort(request)
+            return None
+        if kind == FaultKind.UNAUTHORIZED or not endpoint.check_credentials(
+            request.headers.get("Authorization")
+        ):
+            return WSManReply(401, b"", "text/plain")
+        message_id = req.message_id if req is not None else ""
+        if fault is not None and kind == FaultKind.WSMAN_FAULT:
+            return endpoint.service.fault(
+                message_id, WSManError(fault.code, fault.message, "w:InternalError")
+            )
+        if fault is not None and kind == FaultKind.HTTP_ERROR:
+            return WSManReply(fault.status, fault.message.encode(), "text/plain")
+        if fault is not None and kind == FaultKind.DELAY:
+            # handler_cancellation: a client that gives up cancels this wait, and the request
+            # is then never carried out
+            await asyncio.sleep(fault.delay)
+        if req is None:
+            error = WSManError(ERROR_INVALID_PARAMETER, "not a SOAP request")
+            return endpoint.service.fault(message_id, error)
+        if kind == FaultKind.SHELL_LOST and req.shell_id:
+            for task in endpoint.service.forget_shell(req.shell_id):
+                await asyncio.gather(task, return_exceptions=True)
+        if kind == FaultKind.POOL_BROKEN and req.shell_id:
+            endpoint.service.break_shell(req.shell_id)
+        peer = request.remote or ""
+        return await endpoint.service.handle(req, client_ip=peer)
+
+    async def _drop_mid_reply(self, request: web.Request, reply: WSManReply) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=reply.status, headers={"Content-Type": reply.content_type}
+        )
+        response.content_length = len(reply.body)
+        await response.prepare(request)
+        await response.write(reply.body[: max(1, len(reply.body) // 2)])
+        _abort(request)
+        return response
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _log_task_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("listening change failed", exc_info=task.exception())
