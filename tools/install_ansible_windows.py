@@ -25,8 +25,18 @@ def main() -> int:
     dest = Path(opts.dest)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "-d", tmp, opts.package],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                opts.package,
+            ],
             check=True,
         )
         wheels = sorted(Path(tmp).glob("ansible-*.whl"))
