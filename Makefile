@@ -44,6 +44,9 @@ $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json: $(VENV)/.insta
 
 setup: $(VENV)/.installed $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json
 	@tools/ensure-java
+	@# the checkout is the collection winasync.eda, so rulebooks and playbooks resolve by FQCN
+	@mkdir -p $(COLLECTIONS)/ansible_collections/winasync
+	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/winasync/eda
 
 test: setup $(VENV_OLDEST)/.installed lint
 	@echo "== tests on Python 3.12, newest ansible-core"
