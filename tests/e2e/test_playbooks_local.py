@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import wait_until
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,15 +39,6 @@ RULEBOOK_TIMEOUT_S = 300.0
 
 if not ANSIBLE_PLAYBOOK.exists():  # pragma: no cover - environment guard
     pytest.skip(f"ansible-playbook not found next to {sys.executable}", allow_module_level=True)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a condition until it holds; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def read_json(path: Path) -> Any:
@@ -114,7 +107,7 @@ class Local:
                 return True
             return False
 
-        wait_for(done, JOB_TIMEOUT_S, f"job {jid} to finish")
+        wait_until(done, JOB_TIMEOUT_S, f"job {jid} to finish")
         return result
 
     def event(self, jid: str, status: str, **async_job: Any) -> dict[str, Any]:
@@ -575,7 +568,7 @@ def _wait_for_records(local: Local, rulebook: Rulebook, count: int) -> None:
             pytest.fail(f"ansible-rulebook ended early:\n{rulebook.text()}")
         return len(local.records()) >= count
 
-    wait_for(enough, RULEBOOK_TIMEOUT_S, f"{count} record lines")
+    wait_until(enough, RULEBOOK_TIMEOUT_S, f"{count} record lines")
 
 
 def test_rulebook_from_installed_collection_runs_the_playbooks(
@@ -617,7 +610,7 @@ def test_rulebook_from_installed_collection_runs_the_playbooks(
         "host_events": True,
         "password_given": True,
     }
-    wait_for(
+    wait_until(
         lambda: "host win-gone is unreachable" in rulebook.text(),
         RULEBOOK_TIMEOUT_S,
         "the host event's debug line",

@@ -7,20 +7,18 @@ executor and is recorded. The recorded payloads are then replayed against a fres
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.api import Command, PipelineRequest, PipelineResult
 from winsim.host import SimHost
@@ -234,14 +232,6 @@ def edited(
     return new
 
 
-async def eventually(predicate: Callable[[], bool], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit_s}s")
-        await asyncio.sleep(0.005)
-
-
 def module_json(result: PipelineResult) -> dict[str, Any]:
     assert not result.failed, result.errors
     assert len(result.output) == 1
@@ -348,7 +338,7 @@ async def test_status_of_empty_partial_and_old_files(captured: Captured, host: S
     jid = host.start_job("finished", 0, write=WriteControl(hold=True))
     job = host.job(jid)
     req = replay(edited(status, "module_wrapper.ps1", args={"jid": jid}))
-    await eventually(lambda: job.phase == "writing-empty")
+    await async_wait_until(lambda: job.phase == "writing-empty", 20, "phase writing-empty")
     empty = module_json(await execute(host, req))
     assert empty == {
         "results_file": rf"{ASYNC_DIR}\{jid}",
@@ -358,7 +348,7 @@ async def test_status_of_empty_partial_and_old_files(captured: Captured, host: S
         "changed": False,
     }
     host.step_write(jid)
-    await eventually(lambda: job.phase == "writing-partial")
+    await async_wait_until(lambda: job.phase == "writing-partial", 20, "phase writing-partial")
     partial = await execute(host, req)
     body = module_json(partial)
     assert partial.exit_code == 1

@@ -9,12 +9,12 @@ import re
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.host import SimHost, expand_environment_variables
 from winsim.jobs import JOB_NAME_RE, WriteControl
@@ -30,14 +30,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def eventually(predicate: Callable[[], bool], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit_s}s")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -298,10 +290,10 @@ async def test_reboot_orphans_running_jobs(host: SimHost, clock: FakeClock) -> N
 async def test_partial_write_windows(host: SimHost) -> None:
     jid = host.start_job("finished", 0, stdout="x" * 200, write=WriteControl(hold=True))
     job = host.job(jid)
-    await eventually(lambda: job.phase == "writing-empty")
+    await async_wait_until(lambda: job.phase == "writing-empty", 20, "phase writing-empty")
     assert job.path.read_bytes() == b""
     host.step_write(jid)
-    await eventually(lambda: job.phase == "writing-partial")
+    await async_wait_until(lambda: job.phase == "writing-partial", 20, "phase writing-partial")
     partial = job.path.read_bytes()
     assert jobfiles.decode_job_file(partial) is None
     host.step_write(jid)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.api import Command, PipelineRequest, PipelineResult
 from winsim.host import SimHost
@@ -86,14 +84,6 @@ def by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def key(entry: dict[str, Any]) -> str:
     return f"{entry['size']}:{entry['mtime_ms']}"
-
-
-async def eventually(predicate: Callable[[], bool], limit_s: float = 20.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit_s}s")
-        await asyncio.sleep(0.005)
 
 
 def test_the_real_script_carries_the_marker() -> None:
@@ -237,7 +227,7 @@ async def test_summary_null_for_unparsable_big_file(host: SimHost) -> None:
     jid = host.start_job("finished", 0, stdout="x" * 500, write=WriteControl(hold=True))
     job = host.job(jid)
     host.step_write(jid)
-    await eventually(lambda: job.phase == "writing-partial")
+    await async_wait_until(lambda: job.phase == "writing-partial", 20, "phase writing-partial")
     answer = await poll(host, max_bytes=10)
     entry = by_name(answer)[jid]
     assert entry["summary"] is None
@@ -250,12 +240,12 @@ async def test_summary_null_for_unparsable_big_file(host: SimHost) -> None:
 async def test_empty_and_partial_files_are_sent_as_is(host: SimHost) -> None:
     jid = host.start_job("finished", 0, write=WriteControl(hold=True))
     job = host.job(jid)
-    await eventually(lambda: job.phase == "writing-empty")
+    await async_wait_until(lambda: job.phase == "writing-empty", 20, "phase writing-empty")
     entry = by_name(await poll(host))[jid]
     assert entry["size"] == 0
     assert entry["content"] == ""
     host.step_write(jid)
-    await eventually(lambda: job.phase == "writing-partial")
+    await async_wait_until(lambda: job.phase == "writing-partial", 20, "phase writing-partial")
     entry = by_name(await poll(host))[jid]
     assert entry["size"] > 0
     assert jobfiles.decode_job_file(base64.b64decode(entry["content"])) is None
@@ -267,7 +257,7 @@ async def test_sharing_violation(host: SimHost) -> None:
     jid = host.start_job("finished", 0, write=WriteControl(hold=True), lock_while_writing=True)
     other = host.start_job("finished", 3600)
     job = host.job(jid)
-    await eventually(lambda: job.phase == "writing-empty")
+    await async_wait_until(lambda: job.phase == "writing-empty", 20, "phase writing-empty")
     files = by_name(await poll(host))
     assert files[jid]["content"] is None
     assert files[jid]["summary"] is None

@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +41,8 @@ from winasync_eda.transports.base import (
 )
 from winasync_eda.transports.psrp import PsrpTransport
 from winasync_eda.transports.psrp_settings import PsrpSettings
+
+from tests.waiting import async_wait_until
 
 PASSWORD = "Pa$$w0rd-Zebra/42!"
 HOST = "win01"
@@ -253,13 +255,6 @@ REQUEST = PollRequest(
     only=["j1.2", "j3.4"],
     max_bytes=4096,
 )
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def assert_no_password(exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
@@ -590,7 +585,7 @@ async def test_a_stuck_thread_does_not_hold_the_poll_past_its_deadline(
     assert len(host.pipelines) == 1
     release.set()
     # the thread ends past its deadline: its late answer is dropped, and so is the pool
-    await wait_until(lambda: not transport._lock.locked())
+    await async_wait_until(lambda: not transport._lock.locked(), 10, "the transport to settle")
     assert host.pools[0].closed == 1
     assert host.pipelines[0].stopped == 0  # it had completed by then: nothing to stop
     snapshot = await transport.poll(REQUEST)
@@ -603,14 +598,18 @@ async def test_a_cancelled_poll_keeps_the_host_locked_until_its_thread_ends(
     release = threading.Event()
     host.steps.append(Step(block=release))
     task = asyncio.create_task(transport.poll(REQUEST))
-    await wait_until(lambda: len(host.pipelines) == 1 and bool(host.pipelines[0].timeouts))
+    await async_wait_until(
+        lambda: len(host.pipelines) == 1 and bool(host.pipelines[0].timeouts),
+        10,
+        "the transport to settle",
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert transport._lock.locked()
     assert len(host.pipelines) == 1
     release.set()
-    await wait_until(lambda: not transport._lock.locked())
+    await async_wait_until(lambda: not transport._lock.locked(), 10, "the transport to settle")
     await transport.poll(REQUEST)
     assert len(host.pipelines) == 2
     assert len(host.pools) == 1  # the pipeline completed in time: the pool is still good
@@ -670,7 +669,7 @@ async def test_close_while_a_thread_is_stuck_returns_and_the_thread_closes_the_p
     await transport.close()  # returns although the thread still holds the pool
     assert host.pools[0].closed == 0
     release.set()
-    await wait_until(lambda: host.pools[0].closed == 1)
+    await async_wait_until(lambda: host.pools[0].closed == 1, 10, "the transport to settle")
 
 
 # ---- settings ----
