@@ -1,0 +1,72 @@
+"""The Windows path: simulated Windows hosts (WinRM over https on loopback), jobs started with
+playbooks/start_job.yml over ansible's psrp connection, the source polling over pypsrp, the
+follow-up playbooks cleaning the job files on the simulated disks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import (
+    Sandbox,
+    fleet_job_files,
+    start_windows_jobs,
+    wait_settled,
+)
+from winsim.fleet import Fleet
+
+pytestmark = pytest.mark.e2e
+
+
+def test_windows_jobs_are_followed_up_remediated_and_cleaned(
+    sandbox: Sandbox, fleet: Fleet
+) -> None:
+    rb = sandbox.rulebook(
+        fleet.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
+    ).start()
+
+    ok, failed, timed_out, orphan = start_windows_jobs(
+        sandbox,
+        fleet,
+        [
+            ("win01", "Start-Sleep -Seconds 1; Write-Output 'backup done'", 60),
+            ("win02", "Start-Sleep -Seconds 1; Write-Output 'disk full'; exit 3", 60),
+            ("win01", "Start-Sleep -Seconds 120", 2),
+            ("win03", "Start-Sleep -Seconds 600", 3600),
+        ],
+    )
+    # the orphan's watchdog dies with the host: its file says "running" for good
+    assert orphan in fleet.job_files("win03")
+    fleet.reboot("win03")
+
+    wait_settled(rb, sandbox, 4, lambda: fleet_job_files(fleet))
+    rb.stop()
+
+    records = sandbox.records()
+    assert len(records) == 4, f"a follow-up ran more than once: {records}"
+    by_jid = {r["jid"]: r for r in records}
+    expected = {
+        ok: ("win01", "finished", "finished", 0),
+        failed: ("win02", "failed", "failed", 3),
+        timed_out: ("win01", "timed_out", "failed", None),
+        orphan: ("win03", "lost", "failed", None),
+    }
+    assert {
+        jid: (r["host"], r["status"], r["outcome"], r["rc"]) for jid, r in by_jid.items()
+    } == expected
+    for record in records:
+        assert (record["file"], record["cleanup"]) == ("present", "erased")
+    # the remediation ran once for each failing job, on its Windows host
+    hooks = sandbox.hook_runs("end")
+    assert sorted(h["jid"] for h in hooks) == sorted([failed, timed_out, orphan])
+    assert by_jid[ok]["hook"] == "none"
+    assert all(by_jid[j]["hook"] == "ok" for j in (failed, timed_out, orphan))
+    assert {h["jid"]: h["ping"] for h in hooks} == dict.fromkeys(
+        [failed, timed_out, orphan], "pong"
+    )
+    assert by_jid[failed]["rc"] == 3
+    assert fleet_job_files(fleet) == {}
+    for jid, (host, status, _, _) in expected.items():
+        assert f"{host}: {jid} {status}" in rb.text()
+    assert "ansible_password" not in rb.text()
+    for host in fleet.names:
+        assert fleet.credentials(host)["password"] not in rb.text()
