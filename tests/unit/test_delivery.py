@@ -253,6 +253,23 @@ async def test_feedback_records_only_acknowledged_events(tmp_path: Path) -> None
     assert "j1.1" in json.loads(state.read_text())["delivered"]["win01"]
 
 
+async def test_unacknowledged_event_is_sent_again_after_the_next_poll(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    a = FakeHost("win01")
+    a.write("j1.1", finished("j1.1"))
+    a.write("j2.2", finished("j2.2", failed=True, rc=1))
+    h = Harness([a], state=state, feedback=True)
+    h.ack = False
+    h.delivery.feedback_timeout_s = 0.2
+    async with h:
+        await async_wait_until(lambda: len(h.jobs()) >= 2, 5, "the first event sent twice")
+        assert h.jobs()[:2] == [("win01", "j1.1", "finished")] * 2  # order kept: j2.2 waits
+        h.ack = True
+        await async_wait_until(lambda: h.delivery.emitted == 2, 10, "both acknowledged")
+    saved = json.loads(state.read_text())["delivered"]["win01"]
+    assert set(saved) == {"j1.1", "j2.2"}
+
+
 async def test_emit_filter_running_and_vanished() -> None:
     a = FakeHost("win01")
     a.write("j1.1", running("j1.1"))

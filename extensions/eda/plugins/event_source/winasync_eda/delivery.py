@@ -58,6 +58,8 @@ class Delivery:
         self.clock = clock
         self.emitted = 0
         self._acks: dict[str, asyncio.Future[None]] = {}
+        # per host: findings not acknowledged in time, sent again after the next poll
+        self._unacked: dict[str, list[Finding]] = {}
         self._ack_task: asyncio.Task[None] | None = None
         # one event on the queue at a time, so each host's order holds and acks pair up
         self._lock = asyncio.Lock()
@@ -79,11 +81,22 @@ class Delivery:
     ) -> int:
         """Emit what is due for one host after a poll; return how many events left."""
         sent = 0
-        for f in findings:
+        # outcomes the engine did not acknowledge last time go first, still in their order
+        # (unless the job file is gone since: nothing is left to follow up)
+        retry = [
+            f
+            for f in self._unacked.pop(host, [])
+            if f.jid in tracker.present or f.status == Status.VANISHED
+        ]
+        due = retry + findings
+        for i, f in enumerate(due):
             if f.status not in self.emit or self.checkpoint.delivered_at(host, f.jid, f.status):
                 continue
             if await self._send_job(host, async_dir, tracker, f):
                 sent += 1
+            else:
+                self._unacked[host] = [x for x in due[i:] if x.status in self.emit]
+                break
         if tracker.complete:
             self.checkpoint.prune(host, tracker.present)
         sent += await self._redeliver(host, async_dir, tracker)
@@ -171,7 +184,7 @@ class Delivery:
             return True
         except TimeoutError:
             LOGGER.warning(
-                "no acknowledgement for event %s within %.0f s: not recorded as delivered",
+                "no acknowledgement for event %s within %.0f s: not recorded, sent again later",
                 event_id,
                 self.feedback_timeout_s,
             )

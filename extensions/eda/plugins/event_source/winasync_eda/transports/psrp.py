@@ -38,6 +38,10 @@ from .base import AuthenticationFailed, FileEntry, PollRequest, Snapshot, Transp
 from .psrp_settings import PsrpSettings
 
 LOGGER = logging.getLogger(__name__)
+# pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
+# drowns ansible-rulebook -v output. Quiet it unless the user configured its level.
+if logging.getLogger("pypsrp").level == logging.NOTSET:
+    logging.getLogger("pypsrp").setLevel(logging.WARNING)
 
 POLL_SCRIPT: Final = Path(__file__).with_name("poll.ps1").read_text(encoding="utf-8")
 PARAMETER_NAMES: Final = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes")
