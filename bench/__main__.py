@@ -1,0 +1,166 @@
+"""``python -m bench --quick|--full|--smoke``: the benchmarks of winasync.eda.
+
+- head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs;
+- idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
+- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
+
+Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import RESULTS_DIR
+from bench.fleet import FleetConfig, fleet_run
+from bench.head_to_head import HeadToHeadConfig, head_to_head
+from bench.idle_poll import IdleConfig, idle_poll
+from bench.report import progress, table, write_json
+
+FLEET_KEYS = (
+    "hosts",
+    "interval_s",
+    "latency_p50_s",
+    "latency_p95_s",
+    "latency_max_s",
+    "cpu_ms_per_host_poll",
+    "rss_mb",
+    "lost",
+    "duplicated",
+    "polls_per_s",
+    "polls_per_s_asked",
+    "source_cpu_pct",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    head_to_head: HeadToHeadConfig
+    idle: IdleConfig
+    fleet: tuple[FleetConfig, ...]
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        HeadToHeadConfig(jobs=4, min_s=1, max_s=2, repeats=1),
+        IdleConfig(files=(0, 20), polls=2, interval=0.5),
+        (FleetConfig(hosts=5, interval=1.0, window_s=8.0),),
+    ),
+    "quick": Profile(
+        HeadToHeadConfig(),
+        IdleConfig(interval=0.5),
+        (
+            FleetConfig(hosts=10, interval=2.0, window_s=30.0),
+            FleetConfig(hosts=100, interval=5.0, window_s=40.0),
+        ),
+    ),
+    "full": Profile(
+        HeadToHeadConfig(repeats=5),
+        IdleConfig(interval=0.5, polls=10),
+        (
+            FleetConfig(hosts=10, interval=10.0, window_s=120.0),
+            FleetConfig(hosts=100, interval=10.0, window_s=120.0),
+            FleetConfig(hosts=1000, interval=10.0, window_s=150.0),
+        ),
+    ),
+}
+
+
+def print_tables(doc: dict[str, Any]) -> None:
+    h2h = doc["head_to_head"]
+    base, src = h2h["baseline"], h2h["source"]
+    print()
+    print(
+        table(
+            f"Head to head: {h2h['jobs']} async jobs of {min(h2h['durations_s'])}-"
+            f"{max(h2h['durations_s'])} s on one host",
+            ["", "HTTP requests", "bytes", "pipelines", "CPU s", "wall s"],
+            [
+                ["async_status until loop", base["http_requests"], base["bytes"],
+                 base["module_runs"], base["cpu_s"], base["wall_s"]],
+                ["event source (1 s)", src["http_requests"], src["bytes"], src["polls"],
+                 src["cpu_s"], src["wall_s"]],
+                ["ratio loop/source", h2h["requests_ratio"], h2h["bytes_ratio"], None,
+                 h2h["cpu_ratio"], None],
+            ],
+        )
+    )  # fmt: skip
+    idle = doc["idle_poll"]
+    print()
+    print(
+        table(
+            "Idle poll: one poll of a host whose job files did not change",
+            ["job files", "HTTP requests", "bytes", "bytes in", "bytes out"],
+            [
+                [files, v["http_requests"], v["bytes"], v["bytes_in"], v["bytes_out"]]
+                for files, v in idle["by_job_files"].items()
+            ],
+        )
+    )
+    print()
+    print(
+        table(
+            "Fleet: one source, N hosts, jobs ending throughout",
+            [
+                "hosts",
+                "interval s",
+                "p50 s",
+                "p95 s",
+                "max s",
+                "CPU ms/poll",
+                "RSS MB",
+                "lost",
+                "dup",
+                "polls/s",
+                "asked/s",
+                "src CPU %",
+            ],
+            [[row[k] for k in FLEET_KEYS] for row in doc["fleet"]],
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    for name in PROFILES:
+        group.add_argument(
+            f"--{name}", dest="profile", action="store_const", const=name, help=f"{name} profile"
+        )
+    parser.set_defaults(profile="quick")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, sim disk)")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    profile = PROFILES[opts.profile]
+    workdir = Path(tempfile.mkdtemp(prefix="winasync-bench-"))
+    progress(f"benchmark ({opts.profile}); work dir {workdir}")
+    ok = False
+    try:
+        doc: dict[str, Any] = {
+            "profile": opts.profile,
+            "head_to_head": head_to_head(workdir / "h2h", profile.head_to_head),
+            "idle_poll": idle_poll(workdir / "idle", profile.idle),
+            "fleet": [fleet_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
+        }
+        print_tables(doc)
+        progress(f"wrote {write_json(opts.out, doc)}")
+        ok = True
+        bad = [r for r in doc["fleet"] if r["lost"] or r["duplicated"]]
+        return 1 if bad else 0
+    finally:
+        if ok and not opts.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            progress(f"work dir kept: {workdir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Many hosts, one source: latency from a job's final write to its event, CPU per host poll, RSS.
+
+All hosts live in this process's sim, each on its own HTTPS port; the source runs in a child.
+Once every host has been polled once, each host gets jobs whose final writes fall throughout
+the window; the run ends when every job's event came (or a deadline passed) plus one interval,
+to catch a late duplicate. CPU and polls are taken over the same span (from the child's
+samples and the sim's counters), so start-up and shutdown do not count.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import BenchError
+from bench.report import progress
+from bench.simfleet import JobPlan, SimFleet
+from bench.source_run import EventFile, Sample, SourceRun
+from bench.tally import percentile, rounded, tally
+from winsim.jobs import Outcome
+
+OUTCOME_WEIGHTS: dict[Outcome, float] = {"finished": 0.8, "failed": 0.15, "timed_out": 0.05}
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    hosts: int
+    interval: float
+    window_s: float
+    jobs_per_host: int = 2
+    max_concurrency: int | None = None
+    seed: int = 7
+
+
+def _sim_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _plans(names: list[str], cfg: FleetConfig, rng: random.Random) -> list[JobPlan]:
+    outcomes = list(OUTCOME_WEIGHTS)
+    weights = list(OUTCOME_WEIGHTS.values())
+    latest = max(1.0, cfg.window_s - cfg.interval)
+    plans = []
+    for name in names:
+        for _ in range(cfg.jobs_per_host):
+            outcome = rng.choices(outcomes, weights)[0]
+            options: dict[str, Any] = {"stdout": "done\r\n"}
+            if outcome == "failed":
+                options["rc"] = rng.choice([1, 2, 3])
+            plans.append(JobPlan(name, outcome, round(rng.uniform(0.5, latest), 3), options))
+    return plans
+
+
+def _sample_after(source: SourceRun, events: EventFile, t: float) -> Sample:
+    if not source.wait_for(lambda: events.sample_at(t) is not None, 30.0):
+        raise BenchError(f"the source stopped reporting; see {source.log_path}")
+    sample = events.sample_at(t)
+    assert sample is not None
+    return sample
+
+
+def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
+    rng = random.Random(cfg.seed + cfg.hosts)
+    progress(f"fleet {cfg.hosts} hosts: starting the sim")
+    with SimFleet(cfg.hosts, workdir / "sim", prefix="fl") as fleet:
+        events = EventFile(workdir / "fleet.events.jsonl")
+        args: dict[str, Any] = {"hosts": fleet.source_hosts(), "interval": cfg.interval}
+        if cfg.max_concurrency is not None:
+            args["max_concurrency"] = cfg.max_concurrency
+        source = SourceRun(workdir, args, events, "fleet-source").start()
+        try:
+            ramp = max(60.0, cfg.hosts * 0.3)
+            progress(f"fleet {cfg.hosts} hosts: waiting for a first poll of every host")
+            warm_started = time.monotonic()
+            if not source.wait_for(lambda: fleet.polled_hosts() == cfg.hosts, ramp, step=0.5):
+                raise BenchError(
+                    f"{fleet.polled_hosts()} of {cfg.hosts} hosts polled after {ramp:.0f} s; "
+                    f"see {source.log_path}\n{source.log_tail()}"
+                )
+            warm_s = time.monotonic() - warm_started
+            t_a = time.time()
+            sample_a = _sample_after(source, events, t_a)
+            traffic_a, sim_a = fleet.traffic(), _sim_cpu_s()
+            plans = _plans(fleet.names, cfg, rng)
+            refs = fleet.start_jobs(plans)
+            progress(
+                f"fleet {cfg.hosts} hosts: all polled in {warm_s:.1f} s; {len(refs)} jobs "
+                f"ending over {cfg.window_s:.0f} s, interval {cfg.interval:g} s"
+            )
+            deadline = cfg.window_s + max(4 * cfg.interval, 30.0)
+            expected = {(r.host, r.jid, r.expected) for r in refs}
+
+            def done() -> bool:
+                got = {(a.host, a.jid, a.status) for a in events.arrivals}
+                return expected <= got
+
+            next_report = time.monotonic() + 15
+            while not source.wait_for(done, 5.0, step=0.25):
+                if not source.alive or time.time() - t_a > deadline:
+                    break
+                if time.monotonic() >= next_report:
+                    next_report += 15
+                    progress(
+                        f"  {len(events.arrivals)}/{len(refs)} events, "
+                        f"{(fleet.traffic() - traffic_a).pipelines} polls"
+                    )
+            # one more interval: a duplicate would show up now
+            source.wait_for(lambda: False, cfg.interval * 1.5)
+            t_b = time.time()
+            traffic_b, sim_b = fleet.traffic(), _sim_cpu_s()
+            sample_b = _sample_after(source, events, t_b)
+            alive = source.alive
+        finally:
+            exit_record = source.stop()
+        final_at = {r: fleet.final_write_at(r) for r in refs}
+
+    result = tally(refs, final_at, events.arrivals)
+    polls = (traffic_b - traffic_a).pipelines
+    span = t_b - t_a
+    cpu_ms = (sample_b.cpu_s - sample_a.cpu_s) * 1000
+    row = {
+        "hosts": cfg.hosts,
+        "interval_s": cfg.interval,
+        "latency_p50_s": rounded(percentile(result.latencies, 0.5)),
+        "latency_p95_s": rounded(percentile(result.latencies, 0.95)),
+        "latency_max_s": rounded(result.worst_latency_s),
+        "cpu_ms_per_host_poll": rounded(cpu_ms / polls if polls else None, 2),
+        "rss_mb": round(events.max_rss_kb / 1024, 1),
+        "rss_end_mb": round(sample_b.rss_kb / 1024, 1),
+        "lost": result.lost,
+        "duplicated": result.duplicated,
+        "jobs": result.jobs,
+        "unexpected": result.unexpected,
+        "polls": polls,
+        "polls_per_s": round(polls / span, 2),
+        "polls_per_s_asked": round(cfg.hosts / cfg.interval, 2),
+        "source_cpu_pct": round(cpu_ms / 10 / span, 1),
+        "sim_cpu_pct": round((sim_b - sim_a) * 100 / span, 1),
+        "window_s": round(span, 1),
+        "warmup_s": round(warm_s, 1),
+        "http_requests": (traffic_b - traffic_a).requests,
+        "bytes": (traffic_b - traffic_a).bytes,
+        "source_alive": alive,
+        "source_error": exit_record.get("error") if exit_record else "no exit record",
+    }
+    progress(
+        f"fleet {cfg.hosts} hosts: p50 {row['latency_p50_s']} s, p95 {row['latency_p95_s']} s, "
+        f"max {row['latency_max_s']} s, {row['cpu_ms_per_host_poll']} ms CPU per host poll, "
+        f"lost {row['lost']}, duplicated {row['duplicated']}"
+    )
+    return row

@@ -1,0 +1,260 @@
+"""Simulated hosts inside the benchmark process: HTTPS with validation, traffic counted per host.
+
+The sim lives here rather than in a process of its own (``winsim.fleet``) because the benchmark
+needs what only this process can see: every host's HTTP counters, its fault plan, and the
+moment each job wrote its final result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from winsim.host import SimHost
+from winsim.jobfiles import Generation
+from winsim.jobs import Outcome
+from winsim.scripts.dispatch import execute
+from winsim.server import HostEndpoint
+from winsim.testing import SimServerThread
+
+log = logging.getLogger(__name__)
+
+USERNAME = "ansible"
+# the status the source should report for each scripted outcome
+EXPECTED_STATUS: dict[str, str] = {
+    "finished": "finished",
+    "failed": "failed",
+    "timed_out": "timed_out",
+    "orphaned": "lost",
+}
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """HTTP requests and body bytes seen by the sim (one host or the sum of several)."""
+
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    # WS-Management Command requests: one per pipeline (a poll, or a module run of ansible)
+    pipelines: int = 0
+    # Signal requests: a finished pipeline is terminated with one
+    signals: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_in + self.bytes_out
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(
+            self.requests + other.requests,
+            self.bytes_in + other.bytes_in,
+            self.bytes_out + other.bytes_out,
+            self.pipelines + other.pipelines,
+            self.signals + other.signals,
+        )
+
+    def __sub__(self, other: Traffic) -> Traffic:
+        return Traffic(
+            self.requests - other.requests,
+            self.bytes_in - other.bytes_in,
+            self.bytes_out - other.bytes_out,
+            self.pipelines - other.pipelines,
+            self.signals - other.signals,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "http_requests": self.requests,
+            "bytes": self.bytes,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "pipelines": self.pipelines,
+        }
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    host: str
+    outcome: Outcome = "finished"
+    duration_s: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    host: str
+    jid: str
+    expected: str
+
+
+def endpoint_traffic(endpoint: HostEndpoint) -> Traffic:
+    """One consistent reading of a host's counters."""
+    by_action = endpoint.counters.by_action()
+    command = by_action.get("Command")
+    signal = by_action.get("Signal")
+    return Traffic(
+        sum(c.requests for c in by_action.values()),
+        sum(c.bytes_in for c in by_action.values()),
+        sum(c.bytes_out for c in by_action.values()),
+        command.requests if command else 0,
+        signal.requests if signal else 0,
+    )
+
+
+class SimFleet:
+    """``count`` simulated hosts named ``<prefix>NNNN``, each on its own HTTPS port."""
+
+    def __init__(
+        self,
+        count: int,
+        workdir: Path,
+        *,
+        prefix: str = "win",
+        generation: Generation = "2.19-ps51",
+    ) -> None:
+        self.count = count
+        self.workdir = workdir
+        self.prefix = prefix
+        self.generation: Generation = generation
+        self.password = secrets.token_urlsafe(16)
+        self.sim = SimServerThread(execute, call_timeout=300.0)
+        self.hosts: dict[str, SimHost] = {}
+        self.endpoints: dict[str, HostEndpoint] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> SimFleet:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sim.start()
+        width = max(2, len(str(self.count)))
+        names = [f"{self.prefix}{i:0{width}d}" for i in range(1, self.count + 1)]
+        try:
+            self.sim.call(self._add_all(names))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def _add_all(self, names: Sequence[str]) -> None:
+        for name in names:
+            host = SimHost(name, self.workdir / "hosts", generation=self.generation)
+            host.attach_loop(asyncio.get_running_loop())
+            endpoint = await self.sim.server.add_host(
+                name, host, username=USERNAME, password=self.password, https=True
+            )
+            self.hosts[name] = host
+            self.endpoints[name] = endpoint
+
+    def alias(self, name: str, of: str) -> HostEndpoint:
+        """A second endpoint (own port, own counters) onto the same host and disk, so two
+        clients of one host are counted apart."""
+        endpoint = self.sim.add_host(
+            name, self.hosts[of], username=USERNAME, password=self.password, https=True
+        )
+        self.endpoints[name] = endpoint
+        return endpoint
+
+    def stop(self) -> None:
+        self.sim.stop()
+
+    def __enter__(self) -> SimFleet:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what a client needs ------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.hosts)
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.sim.ca_bundle
+
+    def source_host(self, name: str) -> dict[str, Any]:
+        """The source's ``hosts`` item for one host: HTTPS, Basic, validated against our CA."""
+        endpoint = self.endpoints[name]
+        return {
+            "name": name,
+            "address": endpoint.address,
+            "port": endpoint.port,
+            "protocol": "https",
+            "auth": "basic",
+            "username": USERNAME,
+            "password": self.password,
+            "cert_validation": str(self.ca_bundle),
+        }
+
+    def source_hosts(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        return [self.source_host(n) for n in (self.names if names is None else names)]
+
+    def inventory(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """An Ansible inventory (psrp, Basic over HTTPS, validated) for ansible-playbook."""
+        hosts: dict[str, Any] = {}
+        for name in self.names if names is None else names:
+            endpoint = self.endpoints[name]
+            hosts[name] = {
+                "ansible_host": endpoint.address,
+                "ansible_port": endpoint.port,
+                "ansible_connection": "psrp",
+                "ansible_user": USERNAME,
+                "ansible_password": self.password,
+                "ansible_psrp_protocol": "https",
+                "ansible_psrp_auth": "basic",
+                "ansible_psrp_cert_validation": "validate",
+                "ansible_psrp_ca_cert": str(self.ca_bundle),
+            }
+        return {"all": {"hosts": hosts}}
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def traffic(self, names: Iterable[str] | None = None) -> Traffic:
+        total = Traffic()
+        for name in self.names if names is None else names:
+            total = total + endpoint_traffic(self.endpoints[name])
+        return total
+
+    def polled_hosts(self, names: Iterable[str] | None = None) -> int:
+        """Hosts on which at least one pipeline ran to its end (a Signal came)."""
+        return sum(
+            1
+            for n in (self.names if names is None else names)
+            if endpoint_traffic(self.endpoints[n]).signals > 0
+        )
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def start_jobs(self, plans: Sequence[JobPlan]) -> list[JobRef]:
+        """Start scripted jobs, all in one hop onto the sim's loop."""
+        return self.sim.call(self._start_jobs(plans))
+
+    async def _start_jobs(self, plans: Sequence[JobPlan]) -> list[JobRef]:
+        refs = []
+        for plan in plans:
+            jid = self.hosts[plan.host].start_job(plan.outcome, plan.duration_s, **plan.options)
+            refs.append(JobRef(plan.host, jid, EXPECTED_STATUS[plan.outcome]))
+        return refs
+
+    def job_ended(self, ref: JobRef) -> bool:
+        return self.hosts[ref.host].jobs[ref.jid].ended.is_set()
+
+    def final_write_at(self, ref: JobRef) -> float | None:
+        """When the job's final result was written (its file's last write time), or None."""
+        job = self.hosts[ref.host].jobs[ref.jid]
+        if job.phase != "done":
+            return None
+        return job.path.stat().st_mtime_ns / 1e9

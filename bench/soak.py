@@ -1,0 +1,203 @@
+"""``python -m bench.soak --quick|--full|--smoke``: the reliability suite.
+
+Fault matrix, crash soak (SIGKILL + restart on one state file) and hostile input, against
+simulated Windows hosts over HTTPS. Prints its tables and writes ``bench/results/soak.json``
+(or ``--out``). Exits 1 when a job was lost, an event was repeated outside the documented
+at-least-once window, a bad name was reported, or the source died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import RESULTS_DIR
+from bench.report import progress, table, write_json
+from bench.soak_crash import CrashConfig, crash_soak
+from bench.soak_faults import FaultConfig, fault_matrix
+from bench.soak_hostile import HostileConfig, hostile
+
+
+@dataclass(frozen=True)
+class SoakProfile:
+    faults: FaultConfig
+    crash: CrashConfig
+    crash_feedback: CrashConfig | None
+    hostile: HostileConfig = field(default_factory=HostileConfig)
+
+
+PROFILES: dict[str, SoakProfile] = {
+    "smoke": SoakProfile(
+        faults=FaultConfig(hosts_per_fault=1, jobs_per_host=2, fault_s=8.0),
+        crash=CrashConfig(runs=3, hosts=2, life_max_s=3.0),
+        crash_feedback=None,
+        hostile=HostileConfig(jobs_per_wave=2),
+    ),
+    "quick": SoakProfile(
+        faults=FaultConfig(hosts_per_fault=2, jobs_per_host=3, fault_s=20.0),
+        crash=CrashConfig(runs=10),
+        crash_feedback=CrashConfig(runs=5, feedback=True, seed=4),
+    ),
+    "full": SoakProfile(
+        faults=FaultConfig(hosts_per_fault=4, jobs_per_host=5, fault_s=45.0, interval=2.0),
+        crash=CrashConfig(runs=60, hosts=4),
+        crash_feedback=CrashConfig(runs=30, hosts=4, feedback=True, seed=4),
+        hostile=HostileConfig(jobs_per_wave=5),
+    ),
+}
+
+
+def print_tables(doc: dict[str, Any]) -> None:
+    rows = [
+        [
+            f["fault"],
+            f["hosts"],
+            f["jobs"],
+            f["expected"],
+            f["emitted"],
+            f["duplicated"],
+            f["during_fault"],
+            f["worst_latency_s"],
+            f["recovery_after_clear_s"],
+            f["fault_hits"],
+        ]
+        for f in doc["faults"]
+    ]
+    print()
+    print(
+        table(
+            "Fault matrix (jobs finish while the fault is on; then it is cleared)",
+            [
+                "fault",
+                "hosts",
+                "jobs",
+                "expected",
+                "emitted",
+                "dup",
+                "during",
+                "worst lat s",
+                "after clear s",
+                "hits",
+            ],
+            rows,
+        )
+    )
+    crashes = [doc["crash"]] + ([doc["crash_feedback"]] if doc.get("crash_feedback") else [])
+    print()
+    print(
+        table(
+            "Crash soak (SIGKILL at random moments, restart on the same state_file)",
+            ["feedback", "runs", "jobs", "handled", "lost", "dup", "dup in window", "dup outside"],
+            [
+                [
+                    c["feedback"],
+                    c["runs"],
+                    c["jobs"],
+                    c["handled"],
+                    c["lost"],
+                    c["duplicated"],
+                    c["duplicated_in_window"],
+                    c["duplicated_outside_window"],
+                ]
+                for c in crashes
+            ],
+        )
+    )
+    h = doc["hostile"]
+    print()
+    print(
+        table(
+            "Hostile input (odd files in one host's async dir)",
+            ["file", "what", "expected", "emitted", "ok"],
+            [
+                [repr(f["name"]), f["what"], f["expected"], ",".join(f["emitted"]) or "-", f["ok"]]
+                for f in h["files"]
+            ],
+        )
+    )
+    print(
+        f"normal jobs: {h['normal_jobs']}, lost {h['normal_lost']}, duplicated {h['duplicated']};"
+        f" worst latency {h['worst_latency_odd_host_s']} s on the odd host, "
+        f"{h['worst_latency_control_s']} s on the control; source alive: "
+        f"{h['source_alive_at_end']}"
+    )
+
+
+def failures(doc: dict[str, Any]) -> list[str]:
+    found = []
+    for f in doc["faults"]:
+        if f["lost"] or f["duplicated"] or f["unexpected"]:
+            found.append(f"fault {f['fault']}: lost {f['lost']}, duplicated {f['duplicated']}")
+    if not doc["faults_source"]["source_alive_at_end"]:
+        found.append("the source died during the fault matrix")
+    for key in ("crash", "crash_feedback"):
+        c = doc.get(key)
+        if c and (c["lost"] or c["duplicated_outside_window"]):
+            found.append(
+                f"{key}: lost {c['lost']}, duplicated outside the window "
+                f"{c['duplicated_outside_window']}"
+            )
+    h = doc["hostile"]
+    if h["bad_name_events"] or h["normal_lost"] or not h["source_alive_at_end"]:
+        found.append(
+            f"hostile: {h['bad_name_events']} bad-name events, {h['normal_lost']} normal jobs "
+            f"lost, source alive {h['source_alive_at_end']}"
+        )
+    if h["unicode_digit_name_events"]:
+        found.append(
+            f"hostile: {h['unicode_digit_name_events']} events for job names with non-ASCII "
+            "digits (the name regexes use \\d, which matches any Unicode digit)"
+        )
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    for name in PROFILES:
+        group.add_argument(
+            f"--{name}", dest="profile", action="store_const", const=name, help=f"{name} profile"
+        )
+    parser.set_defaults(profile="quick")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, sim disk)")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    profile = PROFILES[opts.profile]
+    workdir = Path(tempfile.mkdtemp(prefix="winasync-soak-"))
+    progress(f"soak ({opts.profile}); work dir {workdir}")
+    ok = False
+    try:
+        fault_rows, fared = fault_matrix(workdir / "faults", profile.faults)
+        doc: dict[str, Any] = {
+            "profile": opts.profile,
+            "faults": fault_rows,
+            "faults_source": fared,
+            "crash": crash_soak(workdir / "crash", profile.crash),
+        }
+        if profile.crash_feedback is not None:
+            doc["crash_feedback"] = crash_soak(workdir / "crash-fb", profile.crash_feedback)
+        doc["hostile"] = hostile(workdir / "hostile", profile.hostile)
+        problems = failures(doc)
+        doc["problems"] = problems
+        print_tables(doc)
+        progress(f"wrote {write_json(opts.out, doc)}")
+        for problem in problems:
+            progress(f"PROBLEM: {problem}")
+        ok = True
+        return 1 if problems else 0
+    finally:
+        if ok and not opts.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            progress(f"work dir kept: {workdir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

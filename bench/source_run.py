@@ -1,0 +1,207 @@
+"""Start ``bench.source_proc`` as a child process and read what it reports.
+
+The arguments (they carry the sims' password) go to a 0600 file; the events, the CPU and RSS
+samples come back as JSON lines in a file that this side tails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bench import ROOT
+
+log = logging.getLogger(__name__)
+
+EXIT_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One job event as the child's queue handed it over."""
+
+    t: float
+    host: str
+    jid: str
+    status: str
+    event: dict[str, Any] = field(repr=False)
+    run: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float
+    cpu_s: float
+    rss_kb: int
+
+
+class EventFile:
+    """The JSON lines written by one or more runs of the child (appended to the same file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.arrivals: list[Arrival] = []
+        self.host_events: list[dict[str, Any]] = []
+        self.samples: list[Sample] = []
+        self.exits: list[dict[str, Any]] = []
+        self.bad_lines = 0
+        self.run = 0
+        self._offset = 0
+        self._partial = b""
+
+    def read(self) -> None:
+        """Take in the lines appended since the last call."""
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._take(line)
+
+    def _take(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            self.bad_lines += 1
+            return
+        kind = record.get("kind")
+        if kind == "start":
+            self.run += 1
+        elif kind == "event":
+            event = record["event"]
+            job = event.get("async_job")
+            if isinstance(job, dict):
+                self.arrivals.append(
+                    Arrival(
+                        record["t"],
+                        str(job.get("host")),
+                        str(job.get("jid")),
+                        str(job.get("status")),
+                        event,
+                        self.run,
+                    )
+                )
+            else:
+                self.host_events.append(event)
+        elif kind == "stats":
+            self.samples.append(Sample(record["t"], record["cpu_s"], record["rss_kb"]))
+        elif kind == "exit":
+            self.exits.append(record)
+            self.samples.append(Sample(record["t"], record["cpu_s"], record["rss_kb"]))
+
+    def sample_at(self, t: float) -> Sample | None:
+        """The first sample taken at or after ``t``."""
+        for sample in self.samples:
+            if sample.t >= t:
+                return sample
+        return None
+
+    @property
+    def max_rss_kb(self) -> int:
+        peaks = [s.rss_kb for s in self.samples] + [int(e.get("maxrss_kb", 0)) for e in self.exits]
+        return max(peaks, default=0)
+
+
+class SourceRun:
+    """One child process running the source; several may append to the same EventFile."""
+
+    def __init__(self, workdir: Path, args: dict[str, Any], events: EventFile, tag: str) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.events = events
+        self.tag = tag
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.tag}.log"
+
+    def start(self) -> SourceRun:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args_path = self.workdir / f"{self.tag}.args.json"
+        fd = os.open(args_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.args, fh)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.source_proc", str(args_path), str(self.events.path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+        """Read the events until ``predicate`` holds; False after ``timeout`` or if the child died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.events.read()
+            if predicate():
+                return True
+            if not self.alive or time.monotonic() >= deadline:
+                self.events.read()
+                return predicate()
+            time.sleep(step)
+
+    def stop(self) -> dict[str, Any] | None:
+        """SIGTERM (the source is cancelled and closes its pools); the exit record, if any."""
+        proc = self.proc
+        if proc is None:
+            return None
+        before = len(self.events.exits)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(EXIT_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s: no exit %.0f s after SIGTERM: killed", self.tag, EXIT_TIMEOUT_S)
+                proc.kill()
+                proc.wait(EXIT_TIMEOUT_S)
+        self._close_log()
+        self.events.read()
+        return self.events.exits[-1] if len(self.events.exits) > before else None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as after a crash or an OOM kill."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(EXIT_TIMEOUT_S)
+        self._close_log()
+        self.events.read()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
