@@ -32,8 +32,8 @@ OUTCOMES: tuple[Outcome, ...] = ("finished", "failed", "timed_out", "orphaned")
 Phase = Literal["running", "writing-empty", "writing-partial", "done", "orphaned", "killed"]
 ENDED: frozenset[Phase] = frozenset({"done", "orphaned", "killed"})
 
-JOB_NAME_RE = re.compile(r"^j\d{1,12}\.\d+$")
-_JID_ONLY_RE = re.compile(r"^j\d{1,12}$")
+JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
+_JID_ONLY_RE = re.compile(r"^j[0-9]{1,12}$")
 FAILED_MSG = "non-zero return code"
 
 

@@ -322,6 +322,17 @@ async def test_cancel_closes_every_transport_and_flushes(tmp_path: Path) -> None
     assert "j1.1" in state.read_text()
 
 
+async def test_stale_temp_file_of_a_killed_write_is_removed(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    state.write_text('{"version": 1, "delivered": {"win01": {"j1.1": {"finished": 5}}}}')
+    stale = tmp_path / ".s.json.4242.tmp"
+    stale.write_text('{"version": 1, "deliv')
+    checkpoint = Checkpoint(state)
+    await checkpoint.load()
+    assert not stale.exists()
+    assert checkpoint.delivered_at("win01", "j1.1", "finished") == 5
+
+
 async def test_corrupt_state_file_is_one_clear_error(tmp_path: Path) -> None:
     state = tmp_path / "s.json"
     state.write_text("{not json")

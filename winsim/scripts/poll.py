@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "# winasync-eda-poll v1"
 # -cnotmatch in the script: case-sensitive
-JOB_NAME_RE = re.compile(r"^j\d{1,12}\.\d+$")
+JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
 SUMMARY_KEYS = (
     "started",
     "finished",

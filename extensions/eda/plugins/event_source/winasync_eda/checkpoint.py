@@ -8,6 +8,7 @@ gone from the host: from then on nothing could emit it again anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ class Checkpoint:
     async def load(self) -> None:
         if self.path is None:
             return
+        await self._remove_stale_temp_files(self.path)
         try:
             async with aiofiles.open(self.path, "rb") as fh:
                 raw = await fh.read()
@@ -57,6 +59,21 @@ class Checkpoint:
             sum(len(s) for jobs in self._delivered.values() for s in jobs.values()),
             len(self._delivered),
         )
+
+    @staticmethod
+    async def _remove_stale_temp_files(path: Path) -> None:
+        """A kill in the middle of a write leaves ``.<name>.<pid>.tmp`` behind; the state file
+        itself is intact (the rename never happened)."""
+        try:
+            names = await aiofiles.os.listdir(path.parent)
+        except OSError:
+            return
+        prefix = f".{path.name}."
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    await aiofiles.os.remove(path.parent / name)
+                LOGGER.info("removed %s, left by an interrupted checkpoint write", name)
 
     def delivered_at(self, host: str, jid: str, status: str) -> int | None:
         return self._delivered.get(host, {}).get(jid, {}).get(status)

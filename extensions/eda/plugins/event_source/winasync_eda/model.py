@@ -6,7 +6,7 @@ import re
 from enum import StrEnum
 
 # `<jid>.<pid>` in every ansible-core version; the whole name is the ansible_job_id.
-JOB_NAME_RE = re.compile(r"^j\d{1,12}\.\d+$")
+JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
 
 
 def is_job_name(name: str) -> bool:

@@ -58,7 +58,8 @@ class Timing:
     poll_timeout: float = 60.0
     backoff_max: float = 300.0
     auth_backoff: float = 900.0
-    max_bytes: int = 16 * 1024 * 1024
+    # a job file larger than this is summarised on the host (docs/poll-protocol.md), not sent
+    max_bytes: int = 1024 * 1024
 
 
 class Scheduler:

@@ -146,7 +146,7 @@ if ([IO.Directory]::Exists($dir)) {
 
 foreach ($file in $entries) {
     $name = $file.Name
-    if ($name -cnotmatch '^j\d{1,12}\.\d+$') {
+    if ($name -cnotmatch '^j[0-9]{1,12}\.[0-9]+$') {
         continue
     }
     [void]$present.Add($name)
