@@ -195,6 +195,22 @@ async def test_pool_is_rebuilt_after_a_fault(
     assert ep.open_shells == 0  # closed on cancel
 
 
+async def test_shells_left_open_by_failed_pools_are_deleted_later(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    async with watching(sim, tmp_path, ["win01"]) as w:
+        ep = w.endpoints["win01"]
+        await async_wait_until(lambda: ep.open_shells == 1, 20, "a pool")
+        # polls fail and so does the Delete of each failed pool: shells pile up on the host
+        ep.faults.inject("wsman_fault", actions={"Command", "Delete"})
+        await async_wait_until(lambda: ep.open_shells >= 3, 30, "abandoned shells")
+        ep.faults.clear()
+        jid = w.hosts["win01"].start_job("finished", 0.1)
+        await async_wait_until(lambda: w.status_of("win01", jid) == ["finished"], 30, "recovered")
+        await async_wait_until(lambda: ep.open_shells == 1, 20, "only the live pool left")
+    assert ep.open_shells == 0
+
+
 async def test_one_pipeline_per_poll_whatever_the_job_count(
     sim: SimServerThread, tmp_path: Path
 ) -> None:

@@ -138,23 +138,36 @@ class FakeWSMan:
         self.closed += 1
 
 
+class FakeShell:
+    """The WinRS shell under a pool: open on the host until a Delete succeeds."""
+
+    resource_uri = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell"
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.opened = False
+
+
 class FakePool:
     def __init__(self, host: FakeHost, connection: FakeWSMan) -> None:
         self.host = host
         self.connection = connection
         self.opened = 0
         self.closed = 0
+        self.shell = FakeShell()
         host.pools.append(self)
 
     def open(self) -> None:
         self.opened += 1
         if self.host.open_errors:
             raise self.host.open_errors.popleft()
+        self.shell.id, self.shell.opened = f"SHELL-{len(self.host.pools)}", True
 
     def close(self) -> None:
         self.closed += 1
         if self.host.pool_close_error is not None:
             raise self.host.pool_close_error
+        self.shell.opened = False
 
 
 class FakeStreams:

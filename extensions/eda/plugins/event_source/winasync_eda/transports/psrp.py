@@ -31,7 +31,7 @@ from pypsrp.exceptions import (
     WSManFaultError,
 )
 from pypsrp.powershell import PowerShell, RunspacePool
-from pypsrp.wsman import WSMan
+from pypsrp.wsman import SelectorSet, WSMan
 
 from ..model import is_job_name
 from .base import AuthenticationFailed, FileEntry, PollRequest, Snapshot, TransportError
@@ -48,6 +48,7 @@ PARAMETER_NAMES: Final = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes")
 # how long past its own deadline a worker thread may take to report before the poll gives up
 _GRACE_S = 5.0
 _MAX_TEXT: Final = 300
+_MAX_ABANDONED: Final = 64
 _MASK: Final = "********"
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]*@")
 
@@ -179,6 +180,10 @@ class PsrpTransport:
         # touched only by the worker thread that holds the lock
         self._wsman: WSMan | None = None
         self._pool: RunspacePool | None = None
+        # shells a failed pool left open on the host (shell id -> resource URI): Windows allows
+        # a user only so many (MaxShellsPerUser, 30 by default) until they idle out after 2 h,
+        # so they are deleted once the host answers again
+        self._abandoned: dict[str, str] = {}
         self._secrets = _secret_forms(settings)
 
     def __repr__(self) -> str:
@@ -276,7 +281,26 @@ class PsrpTransport:
         except Exception as exc:
             self._debug_failure("closing the pipeline", exc)
             self._discard_pool()
+        if self._abandoned and self._wsman is not None:
+            self._delete_abandoned(self._wsman)
         return snapshot
+
+    def _delete_abandoned(self, wsman: WSMan) -> None:
+        """Delete the shells earlier failures left open; keep those the host did not answer for."""
+        for shell_id, resource_uri in list(self._abandoned.items()):
+            selectors = SelectorSet()
+            selectors.add_option("ShellId", shell_id)
+            try:
+                wsman.delete(resource_uri, selector_set=selectors)
+            except WSManFaultError:
+                pass  # already gone (the host forgot it, or rebooted)
+            except Exception as exc:
+                self._debug_failure("deleting an abandoned shell", exc)
+                continue
+            del self._abandoned[shell_id]
+            LOGGER.debug(
+                "%s: deleted shell %s left open by a failed pool", self.settings.host_name, shell_id
+            )
 
     def _open_pool(self) -> RunspacePool:
         if self._pool is not None:
@@ -299,9 +323,17 @@ class PsrpTransport:
         self._pool = self._wsman = None
         if pool is not None:
             try:
-                pool.close()
+                pool.close()  # sends nothing for a pool in the Broken state
             except Exception as exc:
                 self._debug_failure("closing the pool", exc)
+            shell = pool.shell
+            if (
+                shell.opened
+                and shell.id
+                and not self._closed
+                and len(self._abandoned) < _MAX_ABANDONED
+            ):
+                self._abandoned[str(shell.id)] = shell.resource_uri
         if wsman is not None:
             try:
                 wsman.close()
