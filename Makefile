@@ -44,9 +44,12 @@ $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json: $(VENV)/.insta
 
 setup: $(VENV)/.installed $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json
 	@tools/ensure-java
-	@# the checkout is the collection winasync.eda, so rulebooks and playbooks resolve by FQCN
-	@mkdir -p $(COLLECTIONS)/ansible_collections/winasync
-	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/winasync/eda
+	@# the checkout as the collection winasync.eda, for running rulebooks from a checkout
+	@# (README). Kept out of the exported ANSIBLE_COLLECTIONS_PATH: there it would shadow
+	@# an installed copy, and ansible-galaxy would refuse to install one.
+	@rm -f $(COLLECTIONS)/ansible_collections/winasync/eda
+	@mkdir -p $(WORK)/checkout/ansible_collections/winasync
+	@ln -sfn $(CURDIR) $(WORK)/checkout/ansible_collections/winasync/eda
 
 test: setup $(VENV_OLDEST)/.installed lint
 	@echo "== tests on Python 3.12, newest ansible-core"

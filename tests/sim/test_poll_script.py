@@ -15,7 +15,7 @@ from winsim.api import Command, PipelineRequest, PipelineResult
 from winsim.host import SimHost
 from winsim.jobs import WriteControl
 from winsim.scripts.dispatch import execute
-from winsim.scripts.poll import MARKER, cut_utf16
+from winsim.scripts.poll import DEFINE_MARKER, FUNCTION, MARKER, cut_utf16
 
 pytestmark = pytest.mark.sim
 
@@ -56,7 +56,9 @@ async def run_poll(
     only: list[str] | None = None,
     max_bytes: int = 1_000_000,
     async_dir: str = ASYNC_DIR,
+    as_script: bool = False,
 ) -> PipelineResult:
+    """The client's form by default: a call of the function the define script made."""
     params: list[tuple[str | None, Any]] = [
         ("AsyncDir", async_dir),
         ("Known", json.dumps(known or {})),
@@ -64,8 +66,12 @@ async def run_poll(
         ("Only", json.dumps(only or [])),
         ("MaxBytes", str(max_bytes)),
     ]
-    request = PipelineRequest([Command(text=poll_script(), is_script=True, parameters=params)])
-    return await execute(host, request)
+    command = (
+        Command(text=poll_script(), is_script=True, parameters=params)
+        if as_script
+        else Command(text=FUNCTION, is_script=False, parameters=params)
+    )
+    return await execute(host, PipelineRequest([command]))
 
 
 async def poll(host: SimHost, **kwargs: Any) -> dict[str, Any]:
@@ -88,6 +94,33 @@ def key(entry: dict[str, Any]) -> str:
 
 def test_the_real_script_carries_the_marker() -> None:
     assert poll_script().splitlines()[0] == MARKER
+
+
+def define_script() -> str:
+    """What the client sends once per pool (built there as psrp.DEFINE_SCRIPT)."""
+    return f"{DEFINE_MARKER}\nfunction global:{FUNCTION} {{\n{poll_script()}\n}}\n"
+
+
+async def test_the_define_script_succeeds_with_no_output(host: SimHost) -> None:
+    result = await execute(host, PipelineRequest([Command(text=define_script(), is_script=True)]))
+    assert result == PipelineResult()
+
+
+async def test_the_function_call_and_the_whole_script_give_the_same_answer(
+    host: SimHost,
+) -> None:
+    jid = host.start_job("finished", 0)
+    await host.job(jid).wait(20)
+    as_call = await run_poll(host, pids=[1])
+    as_script = await run_poll(host, pids=[1], as_script=True)
+    assert not as_call.failed
+    assert as_call == as_script
+    assert [f["name"] for f in json.loads(as_call.output[0])["files"]] == [jid]
+    # command names bind case-insensitively, as in PowerShell
+    lower = Command(text=FUNCTION.lower(), is_script=False, parameters=[("AsyncDir", ASYNC_DIR)])
+    result = await execute(host, PipelineRequest([lower]))
+    assert result.failed  # recognised: fails on the missing Known, like the real function
+    assert "script not simulated" not in result.errors[0]
 
 
 async def test_missing_dir(host: SimHost) -> None:
@@ -332,6 +365,10 @@ async def test_unrecognised_scripts_fail(host: SimHost) -> None:
     result = await execute(host, PipelineRequest([Command(text="Get-ChildItem", is_script=False)]))
     assert result.failed
     assert "Get-ChildItem" in result.errors[0]
+    # the function's name as a script is not a call of it
+    result = await execute(host, PipelineRequest([Command(text=FUNCTION, is_script=True)]))
+    assert result.failed
+    assert result.errors == [f"winsim: script not simulated: {FUNCTION}"]
     result = await execute(host, PipelineRequest([]))
     assert result.failed
 

@@ -59,6 +59,24 @@ def test_script_parses_without_error_or_missing_nodes(root: Node) -> None:
     assert bad == []
 
 
+def test_the_define_script_parses_and_defines_one_global_function_around_the_script(
+    source: bytes,
+) -> None:
+    define = psrp.DEFINE_SCRIPT.encode("utf-8")
+    root = parse(define)
+    bad = [n for n in walk(root) if n.type == "ERROR" or n.is_error or n.is_missing]
+    assert not root.has_error
+    assert bad == []
+    assert psrp.DEFINE_SCRIPT.splitlines()[0] == "# winasync-eda-poll-define v1"
+    # nothing but the marker and one function statement at the top level
+    assert [n.type for n in root.children] == ["comment", "statement_list"]
+    (function,) = root.children[1].children
+    assert function.type == "function_statement"
+    names = [text(n) for n in function.children if n.type == "function_name"]
+    assert names == ["global:Invoke-WinasyncPoll"]
+    assert source in define  # poll.ps1 unchanged, param block and all
+
+
 def test_first_line_is_the_marker_and_the_twin_is_named(source: bytes) -> None:
     lines = source.decode("utf-8").splitlines()
     assert lines[0] == "# winasync-eda-poll v1"

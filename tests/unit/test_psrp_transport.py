@@ -16,6 +16,7 @@ import traceback
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +47,7 @@ from tests.waiting import async_wait_until
 
 PASSWORD = "Pa$$w0rd-Zebra/42!"
 HOST = "win01"
+POLL_PS1 = Path(psrp.__file__).with_name("poll.ps1")
 
 RAW = b'\xef\xbb\xbf{"started":1,"finished":1,"msg":"d\xe9j\xe0"}\r\n'
 ANSWER = {
@@ -117,15 +119,20 @@ class Step:
 
 @dataclass
 class FakeHost:
-    steps: deque[Step] = field(default_factory=deque)
+    steps: deque[Step] = field(default_factory=deque)  # for the poll pipelines
+    define_steps: deque[Step] = field(default_factory=deque)  # for the define pipelines
     open_errors: deque[Exception] = field(default_factory=deque)
     pool_close_error: Exception | None = None
     wsmans: list[FakeWSMan] = field(default_factory=list)
     pools: list[FakePool] = field(default_factory=list)
-    pipelines: list[FakePowerShell] = field(default_factory=list)
+    pipelines: list[FakePowerShell] = field(default_factory=list)  # the poll pipelines
+    defines: list[FakePowerShell] = field(default_factory=list)  # the define pipelines
 
     def next_step(self) -> Step:
         return self.steps.popleft() if self.steps else Step()
+
+    def next_define_step(self) -> Step:
+        return self.define_steps.popleft() if self.define_steps else Step(output=[])
 
 
 class FakeWSMan:
@@ -149,9 +156,10 @@ class FakeShell:
 
 
 class FakePool:
-    def __init__(self, host: FakeHost, connection: FakeWSMan) -> None:
+    def __init__(self, host: FakeHost, connection: FakeWSMan, **kwargs: Any) -> None:
         self.host = host
         self.connection = connection
+        self.kwargs = kwargs
         self.opened = 0
         self.closed = 0
         self.shell = FakeShell()
@@ -180,6 +188,7 @@ class FakePowerShell:
         self.host = host
         self.pool = pool
         self.scripts: list[tuple[str, bool | None]] = []
+        self.cmdlets: list[tuple[str, bool | None]] = []
         self.parameters: list[tuple[str, object]] = []
         self.state = PSInvocationState.NOT_STARTED
         self.had_errors = False
@@ -189,10 +198,17 @@ class FakePowerShell:
         self.stopped = 0
         self.closed = 0
         self.timeouts: list[int | None] = []
-        host.pipelines.append(self)
+
+    @property
+    def is_define(self) -> bool:
+        return bool(self.scripts) and self.scripts[0][0].startswith(psrp.DEFINE_MARKER + "\n")
 
     def add_script(self, script: str, use_local_scope: bool | None = None) -> FakePowerShell:
         self.scripts.append((script, use_local_scope))
+        return self
+
+    def add_cmdlet(self, cmdlet: str, use_local_scope: bool | None = None) -> FakePowerShell:
+        self.cmdlets.append((cmdlet, use_local_scope))
         return self
 
     def add_parameter(self, name: str, value: object = None) -> FakePowerShell:
@@ -200,7 +216,12 @@ class FakePowerShell:
         return self
 
     def begin_invoke(self) -> None:
-        self.step = self.host.next_step()
+        if self.is_define:
+            self.host.defines.append(self)
+            self.step = self.host.next_define_step()
+        else:
+            self.host.pipelines.append(self)
+            self.step = self.host.next_step()
         if self.step.fail_at == "begin":
             assert self.step.exc is not None
             raise self.step.exc
@@ -279,7 +300,7 @@ def assert_no_password(exc: BaseException, caplog: pytest.LogCaptureFixture) -> 
             assert form not in text
 
 
-# ---- one pool, one pipeline per poll ----
+# ---- one pool with the poll defined once, one pipeline per poll ----
 
 
 async def test_one_pool_is_reused_and_each_poll_is_one_pipeline(
@@ -291,11 +312,81 @@ async def test_one_pool_is_reused_and_each_poll_is_one_pipeline(
     assert len(host.pools) == 1
     assert host.pools[0].opened == 1
     assert host.pools[0].closed == 0
+    # one runspace, so the function defined in it is there for every pipeline
+    assert host.pools[0].kwargs == {"min_runspaces": 1, "max_runspaces": 1}
+    (define,) = host.defines
+    assert define.pool is host.pools[0]
+    assert define.cmdlets == []
+    assert define.parameters == []
+    assert define.closed == 1
     assert len(host.pipelines) == 3
     for ps in host.pipelines:
         assert ps.pool is host.pools[0]
-        assert ps.scripts == [(psrp.POLL_SCRIPT, True)]
+        assert ps.scripts == []
+        assert ps.cmdlets == [("Invoke-WinasyncPoll", None)]
         assert ps.closed == 1  # the command is terminated, not left open on the server
+
+
+async def test_the_define_pipeline_wraps_poll_ps1_unchanged_in_a_global_function(
+    host: FakeHost, transport: PsrpTransport
+) -> None:
+    await transport.poll(REQUEST)
+    ((script, _),) = host.defines[0].scripts
+    poll_ps1 = POLL_PS1.read_text(encoding="utf-8")
+    assert poll_ps1.startswith("# winasync-eda-poll v1\n")
+    assert script == (
+        "# winasync-eda-poll-define v1\n"
+        "function global:Invoke-WinasyncPoll {\n" + poll_ps1 + "\n}\n"
+    )
+
+
+async def test_a_pool_reopened_after_an_error_defines_the_poll_again(
+    host: FakeHost, transport: PsrpTransport
+) -> None:
+    await transport.poll(REQUEST)
+    # a server that reset the runspace forgot the function: the call fails
+    missing = "The term 'Invoke-WinasyncPoll' is not recognized as the name of a cmdlet"
+    host.steps.append(Step(had_errors=True, errors=[missing]))
+    with pytest.raises(TransportError, match="pipeline failed: The term 'Invoke-WinasyncPoll'"):
+        await transport.poll(REQUEST)
+    assert host.pools[0].closed == 1
+    await transport.poll(REQUEST)
+    assert len(host.pools) == 2
+    assert [d.pool for d in host.defines] == host.pools
+    assert [ps.pool for ps in host.pipelines] == [host.pools[0], host.pools[0], host.pools[1]]
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        Step(output=[], had_errors=True, errors=["At line:1 char:1"]),
+        Step(output=[], fail_at="poll", exc=requests.exceptions.ReadTimeout("slow")),
+        Step(output=[], fail_at="close", exc=requests.exceptions.ConnectionError("reset")),
+    ],
+)
+async def test_a_failed_define_fails_the_poll_and_the_next_poll_starts_over(
+    host: FakeHost, transport: PsrpTransport, step: Step
+) -> None:
+    host.define_steps.append(step)
+    with pytest.raises(TransportError, match=f"^{HOST}: "):
+        await transport.poll(REQUEST)
+    assert host.pipelines == []  # no poll on a pool without the function
+    assert host.pools[0].closed == 1
+    snapshot = await transport.poll(REQUEST)
+    assert snapshot.exists
+    assert len(host.pools) == 2
+    assert len(host.defines) == 2
+    assert host.pipelines[0].pool is host.pools[1]
+
+
+async def test_a_define_past_the_deadline_is_stopped(host: FakeHost) -> None:
+    transport = PsrpTransport(settings(call_deadline_s=0.3))
+    host.define_steps.append(Step(output=[], running_forever=True))
+    with pytest.raises(TransportError, match=f"^{HOST}: deadline"):
+        await transport.poll(REQUEST)
+    assert host.defines[0].stopped == 1
+    assert host.pipelines == []
+    assert host.pools[0].closed == 1
 
 
 async def test_an_older_pypsrp_without_close_stops_the_finished_pipeline(
@@ -308,12 +399,12 @@ async def test_an_older_pypsrp_without_close_stops_the_finished_pipeline(
     assert len(host.pools) == 1
 
 
-async def test_the_pipeline_carries_the_script_and_five_string_parameters(
+async def test_the_pipeline_calls_the_function_with_five_string_parameters(
     host: FakeHost, transport: PsrpTransport
 ) -> None:
     await transport.poll(REQUEST)
     (ps,) = host.pipelines
-    assert psrp.POLL_SCRIPT.startswith("# winasync-eda-poll v1\n")
+    assert ps.cmdlets == [("Invoke-WinasyncPoll", None)]
     assert ps.parameters == [
         ("AsyncDir", "%USERPROFILE%\\.ansible_async"),
         ("Known", '{"j1.2":"123:1795886490000","j3.4":"0:17"}'),

@@ -1,7 +1,8 @@
 """The executor: recognise a pipeline's script and carry out its meaning on the host.
 
-Recognition is by the poll script's marker, by the input structure of ansible's exec payload,
-or by ansible's temp dir removal; anything else fails the pipeline, naming what came.
+Recognition is by the poll script's marker (or its define script's marker, or a call of the
+function it defines), by the input structure of ansible's exec payload, or by ansible's temp dir
+removal; anything else fails the pipeline, naming what came.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ async def execute(host: SimHost, request: PipelineRequest) -> PipelineResult:
         return PipelineResult.failure("winsim: script not simulated: (empty pipeline)")
     first = request.first
     try:
-        if first.is_script and poll.is_poll_script(first.text):
+        if first.is_script and poll.is_define_script(first.text):
+            return PipelineResult()
+        if poll.is_poll_command(first) or (first.is_script and poll.is_poll_script(first.text)):
             return poll.run_poll(host, first.named())
         payload = ansible_exec.parse_exec_payload(request)
         if payload is not None:

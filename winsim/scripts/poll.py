@@ -1,7 +1,13 @@
 # The PowerShell twin of this file is
 # extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1, and the spec both follow is
 # docs/poll-protocol.md: a change to one is a change to both, and to that page.
-"""The meaning of the project's poll script (``# winasync-eda-poll v1``) on a simulated host."""
+"""The meaning of the project's poll script (``# winasync-eda-poll v1``) on a simulated host.
+
+The client defines the script once per runspace pool as the function ``Invoke-WinasyncPoll``
+(``# winasync-eda-poll-define v1``) and then calls it by name; the whole script, sent as a
+script, is recognised too. Fidelity: the simulator does not track what each runspace defined, so
+a call of the function succeeds even on a pool that never ran the define script.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from winsim.api import PipelineResult
+from winsim.api import Command, PipelineResult
 from winsim.jobfiles import ANSI_CODEPAGE, UTF8_BOM, convert_to_json
 
 if TYPE_CHECKING:
@@ -24,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER = "# winasync-eda-poll v1"
+DEFINE_MARKER = "# winasync-eda-poll-define v1"
+FUNCTION = "Invoke-WinasyncPoll"
 # -cnotmatch in the script: case-sensitive
 JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
 SUMMARY_KEYS = (
@@ -44,9 +52,24 @@ class PollScriptError(Exception):
     """What makes the real script stop (``$ErrorActionPreference = 'Stop'``)."""
 
 
-def is_poll_script(text: str) -> bool:
+def _first_line_is(text: str, marker: str) -> bool:
     lines = text.lstrip("\ufeff").splitlines()
-    return bool(lines) and lines[0].strip() == MARKER
+    return bool(lines) and lines[0].strip() == marker
+
+
+def is_poll_script(text: str) -> bool:
+    """The whole poll script, sent as a script."""
+    return _first_line_is(text, MARKER)
+
+
+def is_define_script(text: str) -> bool:
+    """The script that defines the poll as a global function (success, no output)."""
+    return _first_line_is(text, DEFINE_MARKER)
+
+
+def is_poll_command(command: Command) -> bool:
+    """A call of the defined function; command names are case-insensitive."""
+    return not command.is_script and command.text.strip().casefold() == FUNCTION.casefold()
 
 
 def run_poll(host: SimHost, params: Mapping[str, Any]) -> PipelineResult:
