@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sim.conftest import FakeClock
 from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.host import SimHost, expand_environment_variables
@@ -22,19 +23,6 @@ from winsim.jobs import JOB_NAME_RE, WriteControl
 pytestmark = pytest.mark.sim
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_795_886_400.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.sim.conftest import FakeClock
 from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.api import Command, PipelineRequest, PipelineResult
@@ -22,19 +23,6 @@ pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[2]
 POLL_PS1 = REPO / "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1"
 ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_795_886_400.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
