@@ -110,6 +110,46 @@ options:
     description: Hosts polled at the same time.
     type: int
     default: 32
+  jitter:
+    description: Fraction of C(interval) by which each host's next poll is moved at random, so
+      hosts do not poll in step.
+    type: float
+    default: 0.1
+  poll_timeout:
+    description: Deadline in seconds of one poll of one host (the pipeline is stopped after it).
+    type: float
+    default: 60
+  backoff_max:
+    description: Cap in seconds of the exponential backoff of a host whose polls fail.
+    type: float
+    default: 300
+  auth_backoff:
+    description: Seconds to wait after an authentication failure before trying that host again;
+      long on purpose, so that a wrong password does not lock the account out.
+    type: float
+    default: 900
+  path:
+    description: WinRM URL path.
+    type: str
+    default: wsman
+  connection_timeout:
+    description: pypsrp connection timeout in seconds.
+    type: float
+    default: 30
+  read_timeout:
+    description: pypsrp read timeout in seconds; more than C(operation_timeout).
+    type: float
+    default: 30
+  operation_timeout:
+    description: WS-Management operation timeout in seconds.
+    type: int
+    default: 20
+  certificate_pem:
+    description: Client certificate for C(auth=certificate).
+    type: str
+  certificate_key_pem:
+    description: Key of the client certificate for C(auth=certificate).
+    type: str
   host_events:
     description: Also emit C(async_host) events when a host becomes unreachable or recovers.
     type: bool
