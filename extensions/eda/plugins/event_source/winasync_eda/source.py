@@ -24,7 +24,9 @@ LOGGER = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 15.0
 
 
-def make_transport(host: HostConfig, cfg: SourceConfig) -> Transport:
+def make_transport(
+    host: HostConfig, cfg: SourceConfig, executor: ThreadPoolExecutor | None = None
+) -> Transport:
     """The transport for one host (PSRP unless ``connection: local``)."""
     if host.connection == "local":
         return LocalTransport(host.name)
@@ -49,7 +51,8 @@ def make_transport(host: HostConfig, cfg: SourceConfig) -> Transport:
             encryption=host.encryption,
             certificate_pem=host.certificate_pem,
             certificate_key_pem=host.certificate_key_pem,
-        )
+        ),
+        executor,
     )
 
 
@@ -68,11 +71,15 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         feedback_queue=cfg.feedback_queue,
     )
     lost_after_ms = None if cfg.lost_after is None else int(cfg.lost_after * 1000)
+    # pypsrp blocks: each poll in flight holds a thread, and a host stuck inside one pypsrp call
+    # holds its thread until that call returns. The source's own pool, sized for
+    # max_concurrency, leaves the engine's default executor alone.
+    executor = ThreadPoolExecutor(cfg.max_concurrency + 8, thread_name_prefix="async_jobs-psrp")
     slots = [
         HostSlot(
             name=h.name,
             async_dir=h.async_dir,
-            transport=make_transport(h, cfg),
+            transport=make_transport(h, cfg, executor),
             tracker=HostTracker(h.name, only=cfg.jids, lost_after_ms=lost_after_ms),
         )
         for h in cfg.hosts
@@ -95,18 +102,12 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         ", ".join(sorted(cfg.emit)),
         f"; checkpoint {cfg.state_file}" if cfg.state_file else "",
     )
-    if any(h.connection == "psrp" for h in cfg.hosts):
-        # pypsrp blocks: each poll in flight holds a thread (asyncio.to_thread). The default
-        # executor has min(32, cpus + 4) threads, fewer than max_concurrency on small machines,
-        # and a host stuck inside one pypsrp call holds its thread until it returns.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(cfg.max_concurrency + 8, thread_name_prefix="async_jobs-psrp")
-        )
     await delivery.start()
     try:
         await Scheduler(slots, delivery, timing, host_events=cfg.host_events).run()
     finally:
         await asyncio.shield(_shutdown(slots, delivery))
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:

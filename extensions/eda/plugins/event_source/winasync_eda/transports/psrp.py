@@ -4,7 +4,7 @@ The poll script is sent once per pool, as a global function that each poll then 
 sending the 7 KB script with every poll cost about 11 KB and 1-2 ms of client CPU per poll.
 
 pypsrp is synchronous and not thread-safe, so each host's blocking work runs in one worker thread
-at a time (``asyncio.to_thread`` under a per-transport lock). A thread cannot be interrupted: the
+at a time (an executor thread under a per-transport lock). A thread cannot be interrupted: the
 poll returns on its deadline anyway, and the lock stays held until that thread ends, so a host
 never has two threads on one pool.
 """
@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit
@@ -180,8 +181,10 @@ def _proc_value(value: object) -> int | None:
 class PsrpTransport:
     """A host polled over PSRP; implements ``Transport``. Not shared between hosts."""
 
-    def __init__(self, settings: PsrpSettings) -> None:
+    def __init__(self, settings: PsrpSettings, executor: Executor | None = None) -> None:
         self.settings = settings
+        # the source passes a pool sized for max_concurrency; None: the loop's default one
+        self._executor = executor
         self._lock = asyncio.Lock()
         self._closed = False
         # touched only by the worker thread that holds the lock
@@ -228,7 +231,7 @@ class PsrpTransport:
         except TimeoutError:
             raise TransportError(f"{host}: deadline: the previous call has not ended") from None
         try:
-            future = asyncio.ensure_future(asyncio.to_thread(work))
+            future = asyncio.get_running_loop().run_in_executor(self._executor, work)
         except BaseException:
             self._lock.release()
             raise
