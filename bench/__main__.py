@@ -9,20 +9,15 @@ Prints progress, then the tables, and writes ``bench/results/latest.json`` (or `
 
 from __future__ import annotations
 
-import argparse
-import logging
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import RESULTS_DIR
 from bench.fleet import FleetConfig, fleet_run
 from bench.head_to_head import HeadToHeadConfig, head_to_head
 from bench.idle_poll import IdleConfig, idle_poll
-from bench.report import progress, table, write_json
+from bench.report import parse_options, progress, table, work_dir, write_json
 
 FLEET_KEYS = (
     "hosts",
@@ -128,22 +123,16 @@ def print_tables(doc: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    group = parser.add_mutually_exclusive_group()
-    for name in PROFILES:
-        group.add_argument(
-            f"--{name}", dest="profile", action="store_const", const=name, help=f"{name} profile"
-        )
-    parser.set_defaults(profile="quick")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "latest.json")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, sim disk)")
-    opts = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    opts = parse_options(
+        argv,
+        prog="python -m bench",
+        description=__doc__,
+        profiles=PROFILES,
+        out=RESULTS_DIR / "latest.json",
+    )
     profile = PROFILES[opts.profile]
-    workdir = Path(tempfile.mkdtemp(prefix="winasync-bench-"))
-    progress(f"benchmark ({opts.profile}); work dir {workdir}")
-    ok = False
-    try:
+    with work_dir("winasync-bench-", opts.keep) as workdir:
+        progress(f"benchmark ({opts.profile}); work dir {workdir}")
         doc: dict[str, Any] = {
             "profile": opts.profile,
             "head_to_head": head_to_head(workdir / "h2h", profile.head_to_head),
@@ -152,14 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         print_tables(doc)
         progress(f"wrote {write_json(opts.out, doc)}")
-        ok = True
-        bad = [r for r in doc["fleet"] if r["lost"] or r["duplicated"]]
-        return 1 if bad else 0
-    finally:
-        if ok and not opts.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            progress(f"work dir kept: {workdir}")
+    bad = [r for r in doc["fleet"] if r["lost"] or r["duplicated"]]
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -2,17 +2,61 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
+import logging
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 _STARTED = time.monotonic()
+
+
+def parse_options(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str | None,
+    profiles: Mapping[str, Any],
+    out: Path,
+) -> argparse.Namespace:
+    """The options every benchmark entry point takes: a profile, ``--out``, ``--keep``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    group = parser.add_mutually_exclusive_group()
+    for name in profiles:
+        group.add_argument(
+            f"--{name}", dest="profile", action="store_const", const=name, help=f"{name} profile"
+        )
+    parser.set_defaults(profile="quick")
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, sim disk)")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return opts
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temporary work dir, removed after a run that ended normally unless ``keep``; kept (and
+    named) after a failure, for its logs."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    ok = False
+    try:
+        yield workdir
+        ok = True
+    finally:
+        if ok and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            progress(f"work dir kept: {workdir}")
 
 
 def progress(message: str) -> None:

@@ -8,17 +8,12 @@ at-least-once window, a bad name was reported, or the source died.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from bench import RESULTS_DIR
-from bench.report import progress, table, write_json
+from bench.report import parse_options, progress, table, work_dir, write_json
 from bench.soak_crash import CrashConfig, crash_soak
 from bench.soak_faults import FaultConfig, fault_matrix
 from bench.soak_hostile import HostileConfig, hostile
@@ -152,28 +147,22 @@ def failures(doc: dict[str, Any]) -> list[str]:
     if h["unicode_digit_name_events"]:
         found.append(
             f"hostile: {h['unicode_digit_name_events']} events for job names with non-ASCII "
-            "digits (the name regexes use \\d, which matches any Unicode digit)"
+            "digits (a name regex that uses \\d takes any Unicode digit)"
         )
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
-    group = parser.add_mutually_exclusive_group()
-    for name in PROFILES:
-        group.add_argument(
-            f"--{name}", dest="profile", action="store_const", const=name, help=f"{name} profile"
-        )
-    parser.set_defaults(profile="quick")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "soak.json")
-    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, sim disk)")
-    opts = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    opts = parse_options(
+        argv,
+        prog="python -m bench.soak",
+        description=__doc__,
+        profiles=PROFILES,
+        out=RESULTS_DIR / "soak.json",
+    )
     profile = PROFILES[opts.profile]
-    workdir = Path(tempfile.mkdtemp(prefix="winasync-soak-"))
-    progress(f"soak ({opts.profile}); work dir {workdir}")
-    ok = False
-    try:
+    with work_dir("winasync-soak-", opts.keep) as workdir:
+        progress(f"soak ({opts.profile}); work dir {workdir}")
         fault_rows, fared = fault_matrix(workdir / "faults", profile.faults)
         doc: dict[str, Any] = {
             "profile": opts.profile,
@@ -190,13 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"wrote {write_json(opts.out, doc)}")
         for problem in problems:
             progress(f"PROBLEM: {problem}")
-        ok = True
-        return 1 if problems else 0
-    finally:
-        if ok and not opts.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            progress(f"work dir kept: {workdir}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
