@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, cast
 
@@ -82,7 +83,7 @@ class Checkpoint:
         self._delivered.setdefault(host, {}).setdefault(jid, {})[status] = at_ms
         self._dirty = True
 
-    def prune(self, host: str, present: set[str]) -> None:
+    def prune(self, host: str, present: AbstractSet[str]) -> None:
         """Forget the jobs of ``host`` whose file is no longer there."""
         jobs = self._delivered.get(host)
         if not jobs:

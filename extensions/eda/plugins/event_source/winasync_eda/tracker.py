@@ -9,6 +9,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from .classify import JobRecord, parse_job_file, parse_summary
@@ -67,9 +68,10 @@ class HostTracker:
         self._complete = False
 
     @property
-    def present(self) -> set[str]:
-        """Job files on the host as of the last poll (complete after the first one)."""
-        return set(self._jobs)
+    def present(self) -> AbstractSet[str]:
+        """Job files on the host as of the last poll (complete after the first one); a live
+        view, not a copy: it is read after every poll."""
+        return self._jobs.keys()
 
     @property
     def complete(self) -> bool:
