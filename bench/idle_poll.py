@@ -18,9 +18,7 @@ from bench.report import progress
 from bench.simfleet import JobPlan, SimFleet, Traffic, endpoint_traffic
 from bench.source_run import EventFile, SourceRun
 
-POLL_SCRIPT = (
-    ROOT / "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1"
-).read_bytes()
+POLL_SCRIPT = (ROOT / "extensions/eda/winasync_eda/transports/poll.ps1").read_bytes()
 READY_TIMEOUT_S = 120.0
 
 

@@ -37,7 +37,12 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
     with tarfile.open(artifact) as tar:
         names = tar.getnames()
     assert "extensions/eda/plugins/event_source/async_jobs.py" in names
-    assert "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1" in names
+    assert "extensions/eda/winasync_eda/transports/poll.ps1" in names
+    # Galaxy's importer and ansible-rulebook take every .py below event_source for a source.
+    sources = [n for n in names if n.startswith("extensions/eda/plugins/event_source/")]
+    assert [n for n in sources if n.endswith(".py")] == [
+        "extensions/eda/plugins/event_source/async_jobs.py"
+    ]
     assert "rulebooks/windows_async_jobs.yml" in names
     assert "playbooks/job_failed.yml" in names
     for bad in ("tests/", "winsim/", ".venv", "__pycache__", ".work/", "Makefile", ".ci/"):

@@ -21,7 +21,7 @@ from winsim.scripts.poll import DEFINE_MARKER, FUNCTION, MARKER, cut_utf16
 pytestmark = pytest.mark.sim
 
 REPO = Path(__file__).resolve().parents[2]
-POLL_PS1 = REPO / "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1"
+POLL_PS1 = REPO / "extensions/eda/winasync_eda/transports/poll.ps1"
 ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 
 

@@ -22,7 +22,7 @@ from winasync_eda.events import (
 from winasync_eda.model import Status
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "jobfiles"
-PLUGIN_DIR = Path(__file__).resolve().parents[2] / "extensions" / "eda" / "plugins" / "event_source"
+PACKAGE_PARENT = Path(__file__).resolve().parents[2] / "extensions" / "eda"
 
 JOB_KEYS = [
     "host",
@@ -423,7 +423,7 @@ def test_uuid_is_the_same_in_another_process() -> None:
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=PLUGIN_DIR,
+        cwd=PACKAGE_PARENT,
         capture_output=True,
         text=True,
         check=True,

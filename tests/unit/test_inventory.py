@@ -511,9 +511,7 @@ def test_load_hosts_reports_where_each_value_came_from() -> None:
 def run_fresh(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """ansible's vault context and collection loader are set once per process."""
     full_env = {**os.environ, **env}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "extensions" / "eda" / "plugins" / "event_source"), str(ROOT)]
-    )
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "extensions" / "eda"), str(ROOT)])
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=full_env,

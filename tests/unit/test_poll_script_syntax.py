@@ -11,8 +11,7 @@ from tree_sitter import Language, Node, Parser
 from winasync_eda.transports import psrp
 
 SCRIPT_PATH = (
-    Path(__file__).resolve().parents[2]
-    / "extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1"
+    Path(__file__).resolve().parents[2] / "extensions/eda/winasync_eda/transports/poll.ps1"
 )
 PARAMETERS = ["AsyncDir", "Known", "Pids", "Only", "MaxBytes"]
 

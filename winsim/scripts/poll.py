@@ -1,5 +1,5 @@
 # The PowerShell twin of this file is
-# extensions/eda/plugins/event_source/winasync_eda/transports/poll.ps1, and the spec both follow is
+# extensions/eda/winasync_eda/transports/poll.ps1, and the spec both follow is
 # docs/poll-protocol.md: a change to one is a change to both, and to that page.
 """The meaning of the project's poll script (``# winasync-eda-poll v1``) on a simulated host.
 

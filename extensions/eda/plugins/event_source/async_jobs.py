@@ -5,10 +5,13 @@ hosts' async dirs over PowerShell Remoting, ONE pipeline per host per poll whate
 jobs, and emits one event when a job finishes, fails, times out or is lost (watchdog gone, host
 rebooted). ``connection: local`` watches this machine's own async dir instead.
 
-The logic lives in the ``winasync_eda`` package next to this file; this file only loads it.
+The logic lives in the ``winasync_eda`` package at ``extensions/eda/winasync_eda``; this file
+only loads it. The package stays out of ``plugins/event_source`` on purpose: Galaxy's importer and
+ansible-rulebook take every ``.py`` file there, subfolders included, for an event source.
 ansible-rulebook runs sources with ``runpy.run_path``, which puts nothing on ``sys.path``, so the
-package is loaded from this file's own folder under its own name, the same way from a checkout
-(``-S``), from an installed collection and from the tests.
+package is loaded by its location relative to this file (two folders up), under its own name.
+That one rule works from an installed collection, from a checkout (``-S``), when this file is run
+directly, and in the tests (which put ``extensions/eda`` on ``sys.path`` and import it first).
 """
 
 from __future__ import annotations
@@ -183,11 +186,12 @@ _PACKAGE = "winasync_eda"
 
 
 def _load_package() -> ModuleType:
-    """Import the ``winasync_eda`` package that sits next to this file."""
+    """Import ``extensions/eda/winasync_eda`` by location: ``run_path`` gives no import path."""
     loaded = sys.modules.get(_PACKAGE)
     if loaded is not None:
         return loaded
-    folder = Path(__file__).resolve().parent / _PACKAGE
+    # .../extensions/eda/plugins/event_source/async_jobs.py -> .../extensions/eda/winasync_eda
+    folder = Path(__file__).resolve().parents[2] / _PACKAGE
     spec = importlib.util.spec_from_file_location(
         _PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
     )
