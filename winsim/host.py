@@ -33,6 +33,13 @@ DEFAULT_ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 FIRST_PID = 4000
 PID_STEP = 4
 THREAD_CALL_TIMEOUT_S = 30.0
+# WinRS MaxMemoryPerShellMB's default (Windows Server 2012 and later)
+DEFAULT_MEMORY_QUOTA_MB = 1024
+OUT_OF_MEMORY = "Exception of type 'System.OutOfMemoryException' was thrown."
+
+
+class MemoryQuotaExceededError(Exception):
+    """A pipeline passed the shell's memory quota: the pipeline fails."""
 
 
 def expand_environment_variables(text: str, env: Mapping[str, str]) -> str:
@@ -76,6 +83,7 @@ class SimHost:
         generation: Generation = "2.19-ps51",
         clock: Callable[[], float] = time.time,
         boot_ms: int | None = None,
+        memory_quota_mb: int = DEFAULT_MEMORY_QUOTA_MB,
     ) -> None:
         self.name = name
         self.user = user
@@ -94,6 +102,10 @@ class SimHost:
         # case-folded Windows paths of files that fail to open (sharing violation)
         self.locked_paths: set[str] = set()
         self.jobs: dict[str, ScriptedJob] = {}
+        # WinRS MaxMemoryPerShellMB: a pipeline whose working set would pass it fails
+        self.memory_quota_mb = memory_quota_mb
+        self.peak_working_set = 0
+        self.quota_failures = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         # called on the loop after a reboot: the protocol layer drops its shells, as the
         # real host's wsmprovhost processes die with it
@@ -103,6 +115,27 @@ class SimHost:
         self._lock = threading.RLock()
         # the wsmprovhost process that runs ansible's async_wrapper (the `.pid` of a jid)
         self.session_pid = self.spawn_process()
+
+    # -- quotas ---------------------------------------------------------------------------------
+
+    def charge_memory(self, working_set: int, what: str) -> None:
+        """Fail like WinRM when a pipeline's working set passes MaxMemoryPerShellMB.
+
+        WinRM puts the shell's process in a job object with that memory limit: the allocation
+        that passes it fails, and .NET raises OutOfMemoryException in the pipeline (0 = no
+        limit). The working set is the caller's model of what PowerShell would hold.
+        """
+        self.peak_working_set = max(self.peak_working_set, working_set)
+        if self.memory_quota_mb and working_set > self.memory_quota_mb * 1024 * 1024:
+            self.quota_failures += 1
+            log.warning(
+                "host %s: %s needs about %d MB, over MaxMemoryPerShellMB %d",
+                self.name,
+                what,
+                working_set >> 20,
+                self.memory_quota_mb,
+            )
+            raise MemoryQuotaExceededError(OUT_OF_MEMORY)
 
     # -- identity and clock -------------------------------------------------------------------
 

@@ -83,6 +83,10 @@ class PsrpShell:
         self._runs: dict[uuid.UUID, _Run] = {}
         self._outbox: dict[uuid.UUID | None, deque[bytes]] = {}
         self._waiters: set[asyncio.Future[None]] = set()
+        # the last Receive reply per stream, by its MessageID: a client that timed out waiting
+        # for it sends the same Receive again and must get the same data (pypsrp does so up to
+        # five times, relying on WinRM to answer it again), not the next fragments
+        self._replies: dict[uuid.UUID | None, tuple[str, bytes, bool]] = {}
 
     # --- input ---------------------------------------------------------------------------
 
@@ -211,20 +215,30 @@ class PsrpShell:
         self._waiters.clear()
 
     async def receive(
-        self, command_id: str | None, wait: float, limit: int = MAX_CHUNK
+        self,
+        command_id: str | None,
+        wait: float,
+        limit: int = MAX_CHUNK,
+        message_id: str | None = None,
     ) -> tuple[bytes, bool] | None:
         """Wait up to ``wait`` s for output; (data, done) or None when nothing came.
 
-        ``done`` is true once a pipeline reached its final state and every byte went out.
+        ``done`` is true once a pipeline reached its final state and every byte went out. A
+        Receive sent again with the same ``message_id`` gets the same reply.
         """
         pipeline_id = _uuid(command_id) if command_id else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
+            replied = self._replies.get(pipeline_id)
+            if message_id and replied is not None and replied[0] == message_id:
+                return replied[1], replied[2]
             run = self._run_for(pipeline_id) if pipeline_id is not None else None
             data = self._take(pipeline_id, limit)
             done = run is not None and run.finished and not self._outbox.get(pipeline_id)
             if data or done:
+                if message_id:
+                    self._replies[pipeline_id] = (message_id, data, done)
                 return data, done
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -273,6 +287,7 @@ class PsrpShell:
 
     def _drop(self, pipeline_id: uuid.UUID) -> None:
         self._runs.pop(pipeline_id, None)
+        self._replies.pop(pipeline_id, None)
         self._pool.pipeline_table.pop(pipeline_id, None)
         self._outbox.pop(pipeline_id, None)
         self._wake()
@@ -295,6 +310,7 @@ class PsrpShell:
             task.cancel()
         self._runs.clear()
         self._outbox.clear()
+        self._replies.clear()
         self._wake()
         return tasks
 

@@ -274,7 +274,7 @@ class WSManService:
         timeout = req.operation_timeout if req.operation_timeout is not None else 20.0
         # what fits in the client's MaxEnvelopeSize once base64-encoded, less the SOAP around it
         limit = (req.max_envelope or 153600) * 3 // 4 - 4096
-        got = await shell.receive(command_id, max(timeout - 0.25, 0.0), limit)
+        got = await shell.receive(command_id, max(timeout - 0.25, 0.0), limit, req.message_id)
         if got is None:
             raise WSManError(
                 ERROR_OPERATION_TIMEDOUT,

@@ -8,15 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from winasync_eda.transports import poll_wire
 
 from tests.sim.conftest import FakeClock
 from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.api import Command, PipelineRequest, PipelineResult
-from winsim.host import SimHost
+from winsim.backlog import write_backlog
+from winsim.host import OUT_OF_MEMORY, SimHost
 from winsim.jobs import WriteControl
+from winsim.scripts import poll as twin
 from winsim.scripts.dispatch import execute
-from winsim.scripts.poll import DEFINE_MARKER, FUNCTION, MARKER, cut_utf16
+from winsim.scripts.poll import FUNCTION, MARKER, cut_utf16
 
 pytestmark = pytest.mark.sim
 
@@ -33,7 +36,7 @@ def host(tmp_path: Path, clock: FakeClock) -> SimHost:
 def poll_script() -> str:
     if POLL_PS1.exists():
         return POLL_PS1.read_text(encoding="utf-8-sig")
-    return f"{MARKER}\nparam($AsyncDir, $Known, $Pids, $Only, $MaxBytes)\n"
+    return f"{MARKER}\nparam($AsyncDir, $Known, $Pids, $Only, $MaxBytes, $MaxAnswer)\n"
 
 
 async def run_poll(
@@ -43,6 +46,7 @@ async def run_poll(
     pids: list[int] | None = None,
     only: list[str] | None = None,
     max_bytes: int = 1_000_000,
+    max_answer: int = 4 * 1024 * 1024,
     async_dir: str = ASYNC_DIR,
     as_script: bool = False,
 ) -> PipelineResult:
@@ -53,6 +57,7 @@ async def run_poll(
         ("Pids", json.dumps(pids or [])),
         ("Only", json.dumps(only or [])),
         ("MaxBytes", str(max_bytes)),
+        ("MaxAnswer", str(max_answer)),
     ]
     command = (
         Command(text=poll_script(), is_script=True, parameters=params)
@@ -85,8 +90,8 @@ def test_the_real_script_carries_the_marker() -> None:
 
 
 def define_script() -> str:
-    """What the client sends once per pool (built there as psrp.DEFINE_SCRIPT)."""
-    return f"{DEFINE_MARKER}\nfunction global:{FUNCTION} {{\n{poll_script()}\n}}\n"
+    """What the client sends once per pool."""
+    return poll_wire.DEFINE_SCRIPT
 
 
 async def test_the_define_script_succeeds_with_no_output(host: SimHost) -> None:
@@ -219,32 +224,43 @@ async def test_summary_for_big_files(host: SimHost) -> None:
     assert entry["content"] is None
     assert entry["error"] is None
     summary = entry["summary"]
-    cut = (size - 1) // 4
-    assert summary["stdout"] == "é" * cut
-    assert summary["stderr"] == "e" * cut
-    assert summary["rc"] == 3
-    assert summary["failed"] is True
-    assert summary["finished"] is True
-    assert summary["msg"] == "non-zero return code"
-    assert summary["changed"] is True
-    assert summary["started"] is True
-    assert summary["ansible_async_watchdog_pid"] == host.job(jid).watchdog_pid
-    assert set(summary) == {
-        "started",
-        "finished",
-        "failed",
-        "rc",
-        "msg",
-        "changed",
-        "ansible_async_watchdog_pid",
-        "stdout",
-        "stderr",
+    assert summary == {
+        "started": True,
+        "finished": True,
+        "failed": True,
+        "rc": 3,
+        "changed": True,
+        "ansible_async_watchdog_pid": host.job(jid).watchdog_pid,
+        "msg": "non-zero return code",
     }
     # exactly MaxBytes is still sent whole
     assert by_name(await poll(host, max_bytes=size))[jid]["content"] is not None
 
 
-async def test_summary_null_for_unparsable_big_file(host: SimHost) -> None:
+async def test_a_huge_file_is_never_read_whole_and_its_outcome_still_decided(
+    host: SimHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old behaviour: the whole file was read (and parsed) to summarise it."""
+    jid = host.start_job("failed", 0, rc=3, stdout="x" * (3 * 1024 * 1024))
+    await host.job(jid).wait(20)
+    size = (host.async_dir_path / jid).stat().st_size
+    reads: list[int] = []
+    real_read = twin._read
+
+    def counting_read(path: Path, size: int, max_length: int) -> tuple[bytes, bytes]:
+        head, tail = real_read(path, size, max_length)
+        reads.append(len(head) + len(tail))
+        return head, tail
+
+    monkeypatch.setattr(twin, "_read", counting_read)
+    entry = by_name(await poll(host, max_bytes=1024 * 1024))[jid]
+    assert reads == [twin.HEAD_BYTES + twin.TAIL_BYTES] and size > 20 * reads[0]
+    assert entry["summary"]["finished"] is True
+    assert entry["summary"]["failed"] is True
+    assert entry["summary"]["rc"] == 3
+
+
+async def test_summary_null_for_a_half_written_big_file(host: SimHost) -> None:
     jid = host.start_job("finished", 0, stdout="x" * 500, write=WriteControl(hold=True))
     job = host.job(jid)
     host.step_write(jid)
@@ -367,3 +383,38 @@ def test_cut_counts_utf16_units() -> None:
     # U+1F600 is two UTF-16 units: never cut in half
     assert cut_utf16("a\U0001f600b", 2) == "a"
     assert cut_utf16("a\U0001f600b", 3) == "a\U0001f600"
+
+
+async def test_a_byte_budget_defers_the_rest_to_the_next_polls(host: SimHost) -> None:
+    """Old behaviour: every new file of the directory came back in one answer."""
+    names = write_backlog(host, 30, 4000)
+    cost = (4000 + 2) // 3 * 4 + twin.ENTRY_COST
+    first = await poll(host, max_answer=10 * cost)
+    assert [f["name"] for f in first["files"]] == names[:10]
+    assert first["deferred"] == names[10:]
+    assert len(first["gone"]) == 0
+    # the next poll names what it has read: it gets the next ten, and nothing is gone
+    known = {f["name"]: key(f) for f in first["files"]}
+    second = await poll(host, known=known, max_answer=10 * cost)
+    assert [f["name"] for f in second["files"]] == names[10:20]
+    assert second["deferred"] == names[20:]
+    # a budget smaller than one file still reads one file per poll: never stuck
+    tiny = await poll(host, max_answer=1)
+    assert [f["name"] for f in tiny["files"]] == names[:1]
+    assert tiny["deferred"] == names[1:]
+
+
+async def test_a_poll_past_the_memory_quota_fails_as_winrm_fails_it(host: SimHost) -> None:
+    """MaxMemoryPerShellMB: the poll's modelled working set passes the quota: the pipeline
+    fails with the OutOfMemoryException that the job object's limit causes."""
+    host.memory_quota_mb = 96
+    write_backlog(host, 200, 40_000)  # 8 MB read: 40 MB of runspace + 10 x 8 MB > 96 MB
+    result = await run_poll(host, max_answer=64 * 1024 * 1024)
+    assert result.failed
+    assert result.errors == [OUT_OF_MEMORY]
+    assert host.quota_failures == 1
+    # within the default budget the same host answers
+    answer = await poll(host)
+    assert len(answer["files"]) + len(answer["deferred"]) == 200
+    assert host.quota_failures == 1
+    assert host.peak_working_set > 96 * 1024 * 1024

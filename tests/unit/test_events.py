@@ -41,6 +41,7 @@ JOB_KEYS = [
     "async_dir",
     "modified_at",
     "detected_at",
+    "output_too_large",
 ]
 MODIFIED = 1795885297000  # 2026-11-28T17:01:37Z
 DETECTED = 1795885301999  # 2026-11-28T17:01:41.999Z
@@ -349,24 +350,25 @@ def test_tiny_and_zero_limits_never_raise() -> None:
         json.dumps(job)
 
 
-def test_summary_record_is_marked_truncated() -> None:
+def test_summary_record_is_marked_truncated_and_too_large() -> None:
     record = parse_summary(
         {
             "started": True,
             "finished": True,
-            "failed": None,
-            "rc": 0,
+            "failed": True,
+            "rc": 2,
             "msg": None,
             "changed": True,
             "ansible_async_watchdog_pid": 1,
-            "stdout": "head of a big output",
-            "stderr": None,
         }
     )
     job = _event(record)["async_job"]
     assert job["truncated"] is True
-    assert job["stdout"] == "head of a big output"
+    assert job["output_too_large"] is True
+    assert job["status"] == "failed" and job["rc"] == 2
+    assert job["stdout"] == ""
     assert job["msg"] is None
+    assert _event(_corpus("win219_failed_rc.job"))["async_job"]["output_too_large"] is False
 
 
 # --- JSON safety ----------------------------------------------------------------------------

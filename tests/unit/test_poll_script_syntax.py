@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import tree_sitter_powershell
 from tree_sitter import Language, Node, Parser
-from winasync_eda.transports import psrp
+from winasync_eda.transports import poll_wire
 
 SCRIPT_PATH = (
     Path(__file__).resolve().parents[2] / "extensions/eda/winasync_eda/transports/poll.ps1"
 )
-PARAMETERS = ["AsyncDir", "Known", "Pids", "Only", "MaxBytes"]
+PARAMETERS = list(poll_wire.PARAMETER_NAMES)
 
 
 def parse(source: bytes) -> Node:
@@ -61,12 +61,12 @@ def test_script_parses_without_error_or_missing_nodes(root: Node) -> None:
 def test_the_define_script_parses_and_defines_one_global_function_around_the_script(
     source: bytes,
 ) -> None:
-    define = psrp.DEFINE_SCRIPT.encode("utf-8")
+    define = poll_wire.DEFINE_SCRIPT.encode("utf-8")
     root = parse(define)
     bad = [n for n in walk(root) if n.type == "ERROR" or n.is_error or n.is_missing]
     assert not root.has_error
     assert bad == []
-    assert psrp.DEFINE_SCRIPT.splitlines()[0] == "# winasync-eda-poll-define v1"
+    assert poll_wire.DEFINE_SCRIPT.splitlines()[0] == "# winasync-eda-poll-define v1"
     # nothing but the marker and one function statement at the top level
     assert [n.type for n in root.children] == ["comment", "statement_list"]
     (function,) = root.children[1].children
@@ -105,7 +105,7 @@ def test_no_value_is_pasted_into_the_script(root: Node) -> None:
         assert ".ansible_async" not in literal, literal
         assert "$env:" not in literal.lower(), literal
     # the Python side sends the file as it is: no template placeholder can be filled in
-    assert SCRIPT_PATH.read_text(encoding="utf-8") == psrp.POLL_SCRIPT
+    assert SCRIPT_PATH.read_text(encoding="utf-8") == poll_wire.POLL_SCRIPT
     for placeholder in ("{AsyncDir}", "{Known}", "%s", "{0}", "$(", "@@"):
         assert placeholder not in code_text(root).replace("$( ", "$("), placeholder
     # every parameter is used as a variable

@@ -31,7 +31,7 @@ from pypsrp.exceptions import (
 )
 from spnego.exceptions import NoCredentialError
 from winasync_eda.secret import Secret
-from winasync_eda.transports import psrp
+from winasync_eda.transports import poll_wire, psrp
 from winasync_eda.transports.base import (
     AuthenticationFailed,
     FileEntry,
@@ -201,7 +201,7 @@ class FakePowerShell:
 
     @property
     def is_define(self) -> bool:
-        return bool(self.scripts) and self.scripts[0][0].startswith(psrp.DEFINE_MARKER + "\n")
+        return bool(self.scripts) and self.scripts[0][0].startswith(poll_wire.DEFINE_MARKER + "\n")
 
     def add_script(self, script: str, use_local_scope: bool | None = None) -> FakePowerShell:
         self.scripts.append((script, use_local_scope))
@@ -399,7 +399,7 @@ async def test_an_older_pypsrp_without_close_stops_the_finished_pipeline(
     assert len(host.pools) == 1
 
 
-async def test_the_pipeline_calls_the_function_with_five_string_parameters(
+async def test_the_pipeline_calls_the_function_with_six_string_parameters(
     host: FakeHost, transport: PsrpTransport
 ) -> None:
     await transport.poll(REQUEST)
@@ -411,6 +411,7 @@ async def test_the_pipeline_calls_the_function_with_five_string_parameters(
         ("Pids", "[1234,5678]"),
         ("Only", '["j1.2","j3.4"]'),
         ("MaxBytes", "4096"),
+        ("MaxAnswer", str(4 * 1024 * 1024)),
     ]
     assert all(isinstance(value, str) for _, value in ps.parameters)
     assert json.loads(str(dict(ps.parameters)["Known"])) == {
@@ -426,7 +427,8 @@ async def test_empty_request_sends_empty_json(host: FakeHost, transport: PsrpTra
         "Known": "{}",
         "Pids": "[]",
         "Only": "[]",
-        "MaxBytes": str(16 * 1024 * 1024),
+        "MaxBytes": str(1024 * 1024),
+        "MaxAnswer": str(4 * 1024 * 1024),
     }
 
 

@@ -146,3 +146,19 @@ def test_only_filter() -> None:
     t = HostTracker("win01", only=frozenset({"j1.1"}))
     assert t.apply(snap(entry(DONE, 2_000))) == []
     assert t.request(DIR, 10).only == ["j1.1"]
+
+
+def test_deferred_files_are_present_unread_and_never_vanish() -> None:
+    t = HostTracker("win01")
+    other = "j1.2"
+    first = Snapshot(DIR, True, 10_000, 0, [entry(RUNNING, 2_000)], [], {}, deferred=[other])
+    assert statuses(t.apply(first)) == [Status.RUNNING]
+    assert set(t.present) == {JID, other}
+    # a deferred file is not known yet: the next poll reads it
+    assert set(t.request(DIR, 1024, 4096).known) == {JID}
+    assert t.request(DIR, 1024, 4096).max_answer_bytes == 4096
+    # a known running job whose change is deferred keeps its state and is not gone
+    second = Snapshot(DIR, True, 10_000, 0, [], [], {}, deferred=[JID, other])
+    assert t.apply(second) == []
+    assert t.record_of(JID) is not None
+    assert t.counts() == (2, 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from winsim.api import Command, PipelineResult
-from winsim.jobfiles import ANSI_CODEPAGE, UTF8_BOM, convert_to_json
+from winsim.host import MemoryQuotaExceededError
+from winsim.jobfiles import UTF8_BOM, convert_to_json
 
 if TYPE_CHECKING:
     from winsim.host import SimHost
@@ -34,18 +34,23 @@ DEFINE_MARKER = "# winasync-eda-poll-define v1"
 FUNCTION = "Invoke-WinasyncPoll"
 # -cnotmatch in the script: case-sensitive
 JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
-SUMMARY_KEYS = (
-    "started",
-    "finished",
-    "failed",
-    "rc",
-    "msg",
-    "changed",
-    "ansible_async_watchdog_pid",
-    "stdout",
-    "stderr",
-)
+# The parameters, in the script's param block order.
+PARAMETERS = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes", "MaxAnswer")
+# Sizes the script declares too ($HeadBytes ...): tests/unit/test_poll_twins.py compares them.
+HEAD_BYTES = 65536
+TAIL_BYTES = 65536
+MSG_CHARS = 2048
+SUMMARY_COST = 16384
+ENTRY_COST = 256
+# Get-JobSummary: the scalar keys, then msg
+SUMMARY_FLAGS = ("started", "finished", "failed", "rc", "changed", "ansible_async_watchdog_pid")
+SUMMARY_KEYS = (*SUMMARY_FLAGS, "msg")
+_WS = "[ \\t\\r\\n]*"  # JSON's whitespace, as the script's patterns spell it
+_MSG_RE = re.compile(r"[{,]" + _WS + r'"msg"' + _WS + ":" + _WS + r'"((?:[^"\\]|\\.)*)"')
 INT32_MAX = 2**31 - 1
+# poll_working_set's model
+RUNSPACE_BYTES = 40 * 1024 * 1024
+MEMORY_FACTOR = 10
 
 
 class PollScriptError(Exception):
@@ -82,8 +87,9 @@ def run_poll(host: SimHost, params: Mapping[str, Any]) -> PipelineResult:
             pids=_param(params, "Pids"),
             only=_param(params, "Only"),
             max_bytes=_param(params, "MaxBytes"),
+            max_answer=_param(params, "MaxAnswer"),
         )
-    except PollScriptError as exc:
+    except (PollScriptError, MemoryQuotaExceededError) as exc:
         return PipelineResult.failure(str(exc))
     return PipelineResult(output=[convert_to_json(answer, edition=host.ps_edition)])
 
@@ -126,16 +132,31 @@ def _to_int(value: Any) -> int:
     return int(number)
 
 
+def _parse_long(text: str, name: str) -> int:
+    """``[long]::Parse($x, InvariantCulture)``."""
+    try:
+        return int(text.strip(), 10)
+    except ValueError as exc:
+        raise PollScriptError(f'Cannot convert {name} "{text}" to System.Int64.') from exc
+
+
 def poll(
-    host: SimHost, *, async_dir: str, known: str, pids: str, only: str, max_bytes: str
+    host: SimHost,
+    *,
+    async_dir: str,
+    known: str,
+    pids: str,
+    only: str,
+    max_bytes: str,
+    max_answer: str,
 ) -> dict[str, Any]:
     now_ms = host.now_ms()
     boot_ms = host.boot_ms
-    try:
-        max_length = int(max_bytes.strip(), 10)
-    except ValueError as exc:
-        raise PollScriptError(f'Cannot convert MaxBytes "{max_bytes}" to System.Int64.') from exc
-    cut = min(INT32_MAX, math.floor(max_length / 4))
+    max_length = _parse_long(max_bytes, "MaxBytes")
+    budget = _parse_long(max_answer, "MaxAnswer")
+    spent = 0
+    full = False
+    read_bytes = 0
 
     known_keys: dict[str, str] = {}
     known_obj = _from_json(known, "Known")
@@ -156,6 +177,7 @@ def poll(
     entries = _list_files(local) if exists and local is not None else []
 
     files: list[dict[str, Any]] = []
+    deferred: list[str] = []
     present: set[str] = set()
     for path in entries:
         name = path.name
@@ -174,6 +196,13 @@ def poll(
         mtime_ms = st.st_mtime_ns // 1_000_000
         if known_keys.get(name) == f"{size}:{mtime_ms}":
             continue
+        # the byte budget: once a file does not fit, it and every later one wait
+        cost = SUMMARY_COST if size > max_length else (size + 2) // 3 * 4 + ENTRY_COST
+        if full or (files and spent + cost > budget):
+            full = True
+            deferred.append(name)
+            continue
+        spent += cost
         entry: dict[str, Any] = {
             "name": name,
             "size": size,
@@ -184,7 +213,6 @@ def poll(
             "error": None,
         }
         win_path = f"{expanded.rstrip(chr(92))}\\{name}"
-        data: bytes | None = None
         if host.is_locked(win_path):
             entry["error"] = _open_error(
                 f"The process cannot access the file '{win_path}' because it is being used by"
@@ -192,20 +220,21 @@ def poll(
             )
         else:
             try:
-                data = path.read_bytes()
+                data, tail = _read(path, size, max_length)
             except FileNotFoundError:
                 entry["error"] = _open_error(f"Could not find file '{win_path}'.")
             except OSError as exc:
                 entry["error"] = _open_error(f"{exc.strerror}: '{win_path}'")
-        if data is not None:
-            if len(data) > max_length:
-                entry["summary"] = summarize(data, cut)
             else:
-                entry["content"] = base64.b64encode(data).decode("ascii")
+                read_bytes += len(data) + len(tail)
+                if size <= max_length:
+                    entry["content"] = base64.b64encode(data).decode("ascii")
+                else:
+                    entry["summary"] = summarize(data, tail)
         files.append(entry)
 
     gone = [name for name in known_keys if name not in present]
-    return {
+    answer = {
         "v": 1,
         "dir": expanded,
         "exists": exists,
@@ -213,8 +242,22 @@ def poll(
         "boot_ms": boot_ms,
         "files": files,
         "gone": gone,
+        "deferred": deferred,
         "procs": procs,
     }
+    host.charge_memory(poll_working_set(read_bytes), "the poll")
+    return answer
+
+
+def poll_working_set(read_bytes: int) -> int:
+    """What a poll that read ``read_bytes`` of job files holds at its peak on Windows PowerShell.
+
+    A model, not a measurement: the runspace itself, then per byte read the byte[] buffer, its
+    base64 string (UTF-16, 8/3 bytes), the entry in the answer list, the answer's JSON text and
+    ConvertTo-Json's StringBuilder (UTF-16, twice over), and the CLIXML of the output string:
+    about ten times the bytes read, as the issue measured it.
+    """
+    return RUNSPACE_BYTES + MEMORY_FACTOR * read_bytes
 
 
 def _open_error(message: str) -> str:
@@ -240,34 +283,59 @@ def _list_files(directory: Path) -> list[Path]:
     return [directory / n for n in sorted(names, key=lambda n: (n.casefold(), n))]
 
 
-def decode_job_bytes(data: bytes) -> str:
-    """``ConvertFrom-JobBytes``: skip a UTF-8 BOM, strict UTF-8, else the ANSI code page."""
-    if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM) :]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode(ANSI_CODEPAGE, errors="replace")
+def _read(path: Path, size: int, max_length: int) -> tuple[bytes, bytes]:
+    """The script's reads: ``size`` bytes in one pre-sized read, or the head and tail of a file
+    larger than ``max_length`` (fewer bytes when the file shrank since it was listed)."""
+    with path.open("rb") as stream:
+        if size <= max_length:
+            return stream.read(size), b""
+        head = stream.read(HEAD_BYTES)
+        if size <= HEAD_BYTES:
+            return head, b""
+        count = min(size - HEAD_BYTES, TAIL_BYTES)
+        try:
+            stream.seek(-count, os.SEEK_END)
+        except OSError as exc:  # FileStream.Seek before the start: IOException
+            raise OSError(
+                exc.errno,
+                "An attempt was made to move the position before the beginning of the stream",
+            ) from exc
+        return head, stream.read(count)
 
 
-def summarize(data: bytes, cut: int) -> dict[str, Any] | None:
-    """``Get-JobSummary``: the client's keys of a big file; None when it does not parse."""
-    try:
-        job = json.loads(decode_job_bytes(data).strip())
-    except ValueError:
-        return None
-    if not isinstance(job, dict):
+def summarize(head: bytes, tail: bytes) -> dict[str, Any] | None:
+    """``Get-JobSummary``: the outcome keys of a file too large to read, from its two ends;
+    None while the file does not end as a JSON object does (half-written)."""
+    if head.startswith(UTF8_BOM):
+        head = head[len(UTF8_BOM) :]
+    texts = (head.decode("utf-8", errors="replace"), tail.decode("utf-8", errors="replace"))
+    last = texts[1] if tail else texts[0]
+    if not last.rstrip(" \t\r\n").endswith("}"):
         return None
     summary: dict[str, Any] = {}
-    for key in SUMMARY_KEYS:
-        value = job.get(key)
-        if isinstance(value, dict | list):
-            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        if isinstance(value, str) and key in ("stdout", "stderr"):
-            if cut < 0:  # $value.Substring(0, $cut) throws
-                raise PollScriptError("Length cannot be less than zero. (Parameter 'length')")
-            value = cut_utf16(value, cut)
-        summary[key] = value
+    for key in SUMMARY_FLAGS:
+        summary[key] = None
+        pattern = re.compile(
+            "[{,]" + _WS + f'"{key}"' + _WS + ":" + _WS + "(true|false|null|-?[0-9]{1,18})(?![0-9])"
+        )
+        for text in texts:
+            match = pattern.search(text)
+            if match:
+                token = match.group(1)
+                summary[key] = {"true": True, "false": False, "null": None}.get(token)
+                if token not in ("true", "false", "null"):
+                    summary[key] = int(token)
+                break
+    summary["msg"] = None
+    for text in texts:
+        match = _MSG_RE.search(text)
+        if match:
+            try:
+                value = json.loads('{"m":"' + match.group(1) + '"}')["m"]
+            except ValueError:
+                value = None
+            summary["msg"] = cut_utf16(value, MSG_CHARS) if isinstance(value, str) else value
+            break
     return summary
 
 

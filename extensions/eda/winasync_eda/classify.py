@@ -122,11 +122,11 @@ def parse_job_file(raw: bytes, *, ansi_encoding: str = DEFAULT_ANSI_ENCODING) ->
 
 
 def parse_summary(summary: Mapping[str, Any]) -> JobRecord | None:
-    """The record of a file too big to send, from the poll script's summary of it.
+    """The record of a file too big to read whole, from the poll script's summary of its ends.
 
-    The summary has fixed keys and null for a key the file lacks, so null counts as absent (a
-    missing `started` then reads as a POSIX result: finished). The timeout rule applies to the
-    keys it carries; a POSIX timeout (a few bytes) is never summarised.
+    The summary has fixed keys (no stdout or stderr) and null for a key not found, so null
+    counts as absent (a missing `started` then reads as a POSIX result: finished). The timeout
+    rule applies to the keys it carries; a POSIX timeout (a few bytes) is never summarised.
     """
     if not isinstance(summary, Mapping):
         return None

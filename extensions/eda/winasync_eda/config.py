@@ -75,6 +75,7 @@ _SOURCE_KEYS = (
     "redeliver_after",
     "lost_after",
     "max_output_bytes",
+    "max_answer_bytes",
     "host_events",
     "feedback",
     "max_concurrency",
@@ -127,6 +128,7 @@ class SourceConfig:
     redeliver_after: float | None
     lost_after: float | None
     max_output_bytes: int
+    max_answer_bytes: int
     host_events: bool
     feedback: bool
     feedback_queue: asyncio.Queue[Any] | None
@@ -624,6 +626,7 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
     redeliver_after = _optional(args, "redeliver_after", _seconds, None)
     lost_after = _optional(args, "lost_after", _seconds, None)
     max_output_bytes = _optional(args, "max_output_bytes", _at_least(256), 65536)
+    max_answer_bytes = _optional(args, "max_answer_bytes", _at_least(65536), 4 * 1024 * 1024)
     max_concurrency = _optional(args, "max_concurrency", _at_least(1), 32)
     poll_timeout = _optional(args, "poll_timeout", _seconds, 60.0)
     backoff_max = _optional(args, "backoff_max", _seconds, 300.0)
@@ -638,6 +641,7 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
         redeliver_after=redeliver_after,
         lost_after=lost_after,
         max_output_bytes=max_output_bytes,
+        max_answer_bytes=max_answer_bytes,
         host_events=host_events,
         feedback=feedback,
         feedback_queue=queue,

@@ -117,6 +117,8 @@ def build_job_event(
             "async_dir": async_dir,
             "modified_at": format_utc(modified_at_ms),
             "detected_at": format_utc(detected_at_ms),
+            # the job file was too large to read whole: outcome from a bounded read, no output
+            "output_too_large": record is not None and record.partial,
         },
         "meta": {"hosts": host, "uuid": event_uuid(host, jid, status)},
     }

@@ -60,6 +60,8 @@ class Timing:
     auth_backoff: float = 900.0
     # a job file larger than this is summarised on the host (docs/poll-protocol.md), not sent
     max_bytes: int = 1024 * 1024
+    # an answer's byte budget; files past it are deferred to the next polls, which follow at once
+    max_answer_bytes: int = 4 * 1024 * 1024
 
 
 class Scheduler:
@@ -105,7 +107,8 @@ class Scheduler:
             self._counts.events += await self.delivery.deliver(
                 slot.name, slot.async_dir, slot.tracker, findings
             )
-            await asyncio.sleep(self._next_delay())
+            # a backlog left for later (the answer's byte budget was spent): read on at once
+            await asyncio.sleep(0 if snap.deferred else self._next_delay())
 
     def _next_delay(self) -> float:
         j = self.timing.jitter
@@ -130,7 +133,9 @@ class Scheduler:
         return snap
 
     async def _poll_once(self, slot: HostSlot) -> Snapshot:
-        request = slot.tracker.request(slot.async_dir, self.timing.max_bytes)
+        request = slot.tracker.request(
+            slot.async_dir, self.timing.max_bytes, self.timing.max_answer_bytes
+        )
         async with self._sem:
             self._counts.polls += 1
             started = time.monotonic()

@@ -91,8 +91,9 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         poll_timeout=cfg.poll_timeout,
         backoff_max=cfg.backoff_max,
         auth_backoff=cfg.auth_backoff,
-        # the host's summary keeps MaxBytes / 4 of stdout and stderr: never less than an event holds
+        # a file larger than this is summarised from a bounded read: never less than an event holds
         max_bytes=max(1024 * 1024, 4 * cfg.max_output_bytes),
+        max_answer_bytes=cfg.max_answer_bytes,
     )
     LOGGER.info(
         "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",

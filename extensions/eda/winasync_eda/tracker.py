@@ -84,7 +84,9 @@ class HostTracker:
         )
         return len(self._jobs), running
 
-    def request(self, async_dir: str, max_bytes: int) -> PollRequest:
+    def request(
+        self, async_dir: str, max_bytes: int, max_answer_bytes: int = 4 * 1024 * 1024
+    ) -> PollRequest:
         known = {n: j.key for n, j in self._jobs.items() if j.key is not None}
         pids = sorted(
             {
@@ -99,6 +101,7 @@ class HostTracker:
             pids=pids,
             only=sorted(self.only) if self.only else (),
             max_bytes=max_bytes,
+            max_answer_bytes=max_answer_bytes,
         )
 
     def record_of(self, jid: str) -> JobRecord | None:
@@ -136,6 +139,10 @@ class HostTracker:
             finding = self._read(entry)
             if finding is not None:
                 findings.append(finding)
+        for name in snap.deferred:
+            # present, but left for the next polls: a new one is known by name only until read
+            if not self.only or name in self.only:
+                self._jobs.setdefault(name, _Job())
         findings.extend(self._lost(snap))
         self._complete = True
         return findings

@@ -109,6 +109,13 @@ options:
     description: Cap on stdout, stderr and result in an event.
     type: int
     default: 65536
+  max_answer_bytes:
+    description: Byte budget of one poll's answer (file contents and summaries). Job files past
+      it are left for the next polls, which follow at once until the backlog is read, so a host
+      with thousands of job files never needs a huge answer (WinRM ends a shell past its
+      MaxMemoryPerShellMB).
+    type: int
+    default: 4194304
   max_concurrency:
     description: Hosts polled at the same time.
     type: int

@@ -36,7 +36,10 @@ class PollRequest:
     known: Mapping[str, FileKey] = field(default_factory=dict)
     pids: Sequence[int] = ()
     only: Sequence[str] = ()
-    max_bytes: int = 16 * 1024 * 1024
+    # a file larger than this is never read whole: the host summarises a bounded read of it
+    max_bytes: int = 1024 * 1024
+    # the answer's byte budget: files past it are listed as deferred and read by the next polls
+    max_answer_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Snapshot:
     gone: Sequence[str] = ()
     # pid -> process start in ms; -1: runs, start unknown; None: no such process
     procs: Mapping[int, int | None] = field(default_factory=dict)
+    # job files present but left for the next polls (the answer's byte budget was spent)
+    deferred: Sequence[str] = ()
 
 
 class Transport(Protocol):

@@ -9,10 +9,18 @@ param(
     [string]$Known,
     [string]$Pids,
     [string]$Only,
-    [string]$MaxBytes
+    [string]$MaxBytes,
+    [string]$MaxAnswer
 )
 
 $ErrorActionPreference = 'Stop'
+
+# Sizes the twin declares too (tests/unit/test_poll_twins.py compares them).
+$HeadBytes = 65536
+$TailBytes = 65536
+$MsgChars = 2048
+$SummaryCost = 16384
+$EntryCost = 256
 
 # ms since the Unix epoch, UTC; integer arithmetic (a double loses the last ms at today's ticks)
 function Get-EpochMs {
@@ -21,57 +29,79 @@ function Get-EpochMs {
     return [long][Math]::Floor([decimal]$ticks / 10000)
 }
 
-# Job files are UTF-8 (with or without a BOM) or, from Set-Content on 5.1, the ANSI code page.
-function ConvertFrom-JobBytes {
-    param([byte[]]$Bytes)
-    $offset = 0
-    if ($Bytes.Length -ge 3 -and $Bytes[0] -eq 0xEF -and $Bytes[1] -eq 0xBB -and $Bytes[2] -eq 0xBF) {
-        $offset = 3
-    }
-    try {
-        $strict = [Text.UTF8Encoding]::new($false, $true)
-        return $strict.GetString($Bytes, $offset, $Bytes.Length - $offset)
-    } catch {
-        try {
-            $ansi = [Text.Encoding]::GetEncoding([Globalization.CultureInfo]::CurrentCulture.TextInfo.ANSICodePage)
-        } catch {
-            $ansi = [Text.Encoding]::GetEncoding(28591)
+# $Count bytes from the stream's position (fewer at its end), in one pre-sized buffer.
+function Read-JobBytes {
+    param([IO.Stream]$Stream, [int]$Count)
+    $buffer = New-Object byte[] $Count
+    $total = 0
+    while ($total -lt $Count) {
+        $n = $Stream.Read($buffer, $total, $Count - $total)
+        if ($n -le 0) {
+            break
         }
-        return $ansi.GetString($Bytes, $offset, $Bytes.Length - $offset)
+        $total += $n
     }
+    if ($total -lt $Count) {
+        [Array]::Resize([ref]$buffer, $total)
+    }
+    return , $buffer
 }
 
-# The few keys the client needs from a file too large to send whole; $null when it does not parse.
+# The outcome of a file too large to read whole, from its first and last bytes only: keys are
+# found by pattern ('{' or ',' right before a quoted key cannot occur inside a JSON string).
+# $null while the file does not end as a JSON object does (half-written: read again later).
 function Get-JobSummary {
-    param([byte[]]$Bytes, [int]$Cut)
-    try {
-        $text = (ConvertFrom-JobBytes -Bytes $Bytes).Trim()
-        $job = ConvertFrom-Json -InputObject $text
-    } catch {
-        return $null
+    param([byte[]]$Head, [byte[]]$Tail)
+    $offset = 0
+    if ($Head.Length -ge 3 -and $Head[0] -eq 0xEF -and $Head[1] -eq 0xBB -and $Head[2] -eq 0xBF) {
+        $offset = 3
     }
-    if ($null -eq $job -or $job -isnot [Management.Automation.PSCustomObject]) {
+    $lenient = [Text.UTF8Encoding]::new($false, $false)
+    $texts = @($lenient.GetString($Head, $offset, $Head.Length - $offset), $lenient.GetString($Tail))
+    $last = $texts[1]
+    if ($Tail.Length -eq 0) {
+        $last = $texts[0]
+    }
+    if (-not $last.TrimEnd(" `t`r`n".ToCharArray()).EndsWith('}')) {
         return $null
     }
     $summary = [ordered]@{}
-    foreach ($key in @('started', 'finished', 'failed', 'rc', 'msg', 'changed',
-            'ansible_async_watchdog_pid', 'stdout', 'stderr')) {
-        $value = $null
-        $property = $job.PSObject.Properties[$key]
-        if ($null -ne $property) {
-            $value = $property.Value
-        }
-        if ($null -ne $value -and -not ($value -is [string] -or $value -is [bool] -or $value -is [ValueType])) {
-            $value = ConvertTo-Json -InputObject $value -Compress -Depth 3
-        }
-        if ($value -is [string] -and ($key -eq 'stdout' -or $key -eq 'stderr') -and $value.Length -gt $Cut) {
-            $end = $Cut
-            if ($end -gt 0 -and [char]::IsHighSurrogate($value[$end - 1])) {
-                $end = $end - 1
+    foreach ($key in @('started', 'finished', 'failed', 'rc', 'changed', 'ansible_async_watchdog_pid')) {
+        $summary[$key] = $null
+        foreach ($text in $texts) {
+            $match = [regex]::Match($text, '[{,][ \t\r\n]*"' + $key + '"[ \t\r\n]*:[ \t\r\n]*(true|false|null|-?[0-9]{1,18})(?![0-9])')
+            if ($match.Success) {
+                $token = $match.Groups[1].Value
+                if ($token -ceq 'true') {
+                    $summary[$key] = $true
+                } elseif ($token -ceq 'false') {
+                    $summary[$key] = $false
+                } elseif ($token -cne 'null') {
+                    $summary[$key] = [long]::Parse($token, [Globalization.CultureInfo]::InvariantCulture)
+                }
+                break
             }
-            $value = $value.Substring(0, $end)
         }
-        $summary[$key] = $value
+    }
+    $summary['msg'] = $null
+    foreach ($text in $texts) {
+        $match = [regex]::Match($text, '[{,][ \t\r\n]*"msg"[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"')
+        if ($match.Success) {
+            try {
+                $value = (ConvertFrom-Json -InputObject ('{"m":"' + $match.Groups[1].Value + '"}')).m
+            } catch {
+                $value = $null
+            }
+            if ($value -is [string] -and $value.Length -gt $MsgChars) {
+                $end = $MsgChars
+                if ([char]::IsHighSurrogate($value[$end - 1])) {
+                    $end = $end - 1
+                }
+                $value = $value.Substring(0, $end)
+            }
+            $summary['msg'] = $value
+            break
+        }
     }
     return $summary
 }
@@ -90,7 +120,9 @@ if ($null -eq $global:WinAsyncEdaBootMs) {
 $bootMs = $global:WinAsyncEdaBootMs
 
 $maxLength = [long]::Parse($MaxBytes, [Globalization.CultureInfo]::InvariantCulture)
-$cut = [int][Math]::Min([long][int]::MaxValue, [long][Math]::Floor($maxLength / 4))
+$budget = [long]::Parse($MaxAnswer, [Globalization.CultureInfo]::InvariantCulture)
+$spent = [long]0
+$full = $false
 
 # ConvertFrom-Json does not enumerate an array on 5.1 but does on 7: foreach copes with both.
 $knownKeys = New-Object 'System.Collections.Generic.Dictionary[string,string]'
@@ -132,6 +164,7 @@ foreach ($value in (ConvertFrom-Json -InputObject $Pids)) {
 $dir = [Environment]::ExpandEnvironmentVariables($AsyncDir)
 $files = New-Object 'System.Collections.Generic.List[object]'
 $gone = New-Object 'System.Collections.Generic.List[object]'
+$deferred = New-Object 'System.Collections.Generic.List[object]'
 $present = New-Object 'System.Collections.Generic.HashSet[string]'
 $exists = $false
 $entries = @()
@@ -159,6 +192,18 @@ foreach ($file in $entries) {
     if ($knownKeys.ContainsKey($name) -and $knownKeys[$name] -ceq $fileKey) {
         continue
     }
+    # the byte budget: once a file does not fit, it and every later one wait for the next poll
+    if ($size -gt $maxLength) {
+        $cost = [long]$SummaryCost
+    } else {
+        $cost = [long][Math]::Floor(($size + 2) / 3) * 4 + $EntryCost
+    }
+    if ($full -or ($files.Count -gt 0 -and $spent + $cost -gt $budget)) {
+        $full = $true
+        $deferred.Add($name)
+        continue
+    }
+    $spent += $cost
     $entry = [ordered]@{
         name     = $name
         size     = $size
@@ -169,13 +214,24 @@ foreach ($file in $entries) {
         error    = $null
     }
     $bytes = $null
+    $head = $null
+    $tail = [byte[]]@()
     try {
-        # never ReadAllText: its FileShare.Read can make the watchdog's final write fail
+        # never ReadAllText: its FileShare.Read can make the watchdog's final write fail. The
+        # handle stays open for one pre-sized read (head and tail of a file too large), nothing
+        # else: a handle open when the watchdog writes makes that write fail whatever we share.
         $stream = [IO.File]::Open($file.FullName, 'Open', 'Read', 'ReadWrite, Delete')
         try {
-            $buffer = New-Object IO.MemoryStream
-            $stream.CopyTo($buffer)
-            $bytes = $buffer.ToArray()
+            if ($size -le $maxLength) {
+                $bytes = Read-JobBytes -Stream $stream -Count ([int]$size)
+            } else {
+                $head = Read-JobBytes -Stream $stream -Count $HeadBytes
+                if ($size -gt $HeadBytes) {
+                    $count = [int][Math]::Min($size - $HeadBytes, [long]$TailBytes)
+                    [void]$stream.Seek(-$count, [IO.SeekOrigin]::End)
+                    $tail = Read-JobBytes -Stream $stream -Count $count
+                }
+            }
         } finally {
             $stream.Dispose()
         }
@@ -183,11 +239,9 @@ foreach ($file in $entries) {
         $entry['error'] = [string]$_.Exception.Message
     }
     if ($null -ne $bytes) {
-        if ([long]$bytes.Length -gt $maxLength) {
-            $entry['summary'] = Get-JobSummary -Bytes $bytes -Cut $cut
-        } else {
-            $entry['content'] = [Convert]::ToBase64String($bytes)
-        }
+        $entry['content'] = [Convert]::ToBase64String($bytes)
+    } elseif ($null -ne $head) {
+        $entry['summary'] = Get-JobSummary -Head $head -Tail $tail
     }
     $files.Add($entry)
 }
@@ -201,13 +255,14 @@ foreach ($name in $knownKeys.Keys) {
 # Plain object[] (never a PSObject-wrapped array) so 5.1 writes [..] even for 0 or 1 element;
 # string keys in procs, as 5.1 refuses other keys.
 $result = [ordered]@{
-    v       = 1
-    dir     = $dir
-    exists  = $exists
-    now_ms  = $nowMs
-    boot_ms = $bootMs
-    files   = $files.ToArray()
-    gone    = $gone.ToArray()
-    procs   = $procs
+    v        = 1
+    dir      = $dir
+    exists   = $exists
+    now_ms   = $nowMs
+    boot_ms  = $bootMs
+    files    = $files.ToArray()
+    gone     = $gone.ToArray()
+    deferred = $deferred.ToArray()
+    procs    = $procs
 }
 ConvertTo-Json -InputObject $result -Compress -Depth 4

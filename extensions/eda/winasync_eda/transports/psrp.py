@@ -1,5 +1,7 @@
 """The PSRP backend: one RunspacePool per host, one pipeline per poll (docs/poll-protocol.md).
 
+What goes over the wire (parameters, the answer) is ``poll_wire``; this module moves it.
+
 The poll script is sent once per pool, as a global function that each poll then calls by name:
 sending the 7 KB script with every poll cost about 11 KB and 1-2 ms of client CPU per poll.
 
@@ -13,15 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import functools
-import json
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -37,8 +36,15 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import SelectorSet, WSMan
 
-from ..model import is_job_name
-from .base import AuthenticationFailed, FileEntry, PollRequest, Snapshot, TransportError
+from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
+from .poll_wire import (
+    DEFINE_SCRIPT,
+    FUNCTION,
+    PARAMETER_NAMES,
+    BadAnswerError,
+    build_parameters,
+    parse_answer,
+)
 from .psrp_settings import PsrpSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -47,12 +53,6 @@ LOGGER = logging.getLogger(__name__)
 if logging.getLogger("pypsrp").level == logging.NOTSET:
     logging.getLogger("pypsrp").setLevel(logging.WARNING)
 
-POLL_SCRIPT: Final = Path(__file__).with_name("poll.ps1").read_text(encoding="utf-8")
-POLL_FUNCTION: Final = "Invoke-WinasyncPoll"
-DEFINE_MARKER: Final = "# winasync-eda-poll-define v1"
-# run once per pool: the poll script, unchanged, as the body of a function in the global scope
-DEFINE_SCRIPT: Final = f"{DEFINE_MARKER}\nfunction global:{POLL_FUNCTION} {{\n{POLL_SCRIPT}\n}}\n"
-PARAMETER_NAMES: Final = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes")
 # how long past its own deadline a worker thread may take to report before the poll gives up
 _GRACE_S = 5.0
 _MAX_TEXT: Final = 300
@@ -61,10 +61,6 @@ _MASK: Final = "********"
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]*@")
 
 _T = TypeVar("_T")
-
-
-class _BadAnswerError(Exception):
-    """The host answered something that is not the poll protocol's JSON."""
 
 
 class _PipelineFailedError(Exception):
@@ -77,105 +73,6 @@ class _ClosedError(Exception):
 
 class _DeadlineError(Exception):
     """The pipeline ran past the poll's deadline and was stopped."""
-
-
-def build_parameters(request: PollRequest) -> dict[str, str]:
-    """The poll script's parameters, every one a string (never pasted into the script)."""
-    known = {name: key.encode() for name, key in request.known.items()}
-    return {
-        "AsyncDir": request.async_dir,
-        "Known": json.dumps(known, separators=(",", ":")),
-        "Pids": json.dumps([int(pid) for pid in request.pids], separators=(",", ":")),
-        "Only": json.dumps([str(name) for name in request.only], separators=(",", ":")),
-        "MaxBytes": str(int(request.max_bytes)),
-    }
-
-
-def parse_answer(output: Sequence[object]) -> Snapshot:
-    """Turn the pipeline's single JSON string into a Snapshot (_BadAnswerError on anything else)."""
-    if len(output) != 1 or not isinstance(output[0], str):
-        raise _BadAnswerError(f"expected one JSON string, got {len(output)} output object(s)")
-    try:
-        data = json.loads(output[0])
-    except ValueError:
-        raise _BadAnswerError("the output is not JSON") from None
-    if not isinstance(data, dict) or data.get("v") != 1:
-        raise _BadAnswerError("the output is not a version 1 poll answer")
-    files = _get(data, "files", list)
-    gone = _get(data, "gone", list)
-    procs = _get(data, "procs", dict)
-    if not all(isinstance(name, str) for name in gone):
-        raise _BadAnswerError("'gone' holds a non-string")
-    return Snapshot(
-        results_dir=_get(data, "dir", str),
-        exists=_get(data, "exists", bool),
-        now_ms=_get_int(data, "now_ms"),
-        boot_ms=_get_optional_int(data, "boot_ms"),
-        changed=[_parse_file(item) for item in files],
-        gone=list(gone),
-        procs={_parse_pid(key): _proc_value(value) for key, value in procs.items()},
-    )
-
-
-def _get(data: Mapping[str, Any], key: str, kind: type[_T]) -> _T:
-    value = data.get(key)
-    if not isinstance(value, kind):
-        raise _BadAnswerError(f"{key!r} is not a {kind.__name__}")
-    return value
-
-
-def _get_int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _BadAnswerError(f"{key!r} is not an integer")
-    return value
-
-
-def _get_optional_int(data: Mapping[str, Any], key: str) -> int | None:
-    return None if data.get(key) is None else _get_int(data, key)
-
-
-def _parse_file(item: object) -> FileEntry:
-    if not isinstance(item, dict):
-        raise _BadAnswerError("a 'files' item is not an object")
-    name = _get(item, "name", str)
-    if not is_job_name(name):
-        raise _BadAnswerError("a 'files' item has a name that is not a job file name")
-    content = item.get("content")
-    if content is not None:
-        if not isinstance(content, str):
-            raise _BadAnswerError(f"{name}: 'content' is not a string")
-        try:
-            content = base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            raise _BadAnswerError(f"{name}: 'content' is not base64") from None
-    summary = item.get("summary")
-    if summary is not None and not isinstance(summary, dict):
-        raise _BadAnswerError(f"{name}: 'summary' is not an object")
-    error = item.get("error")
-    if error is not None and not isinstance(error, str):
-        raise _BadAnswerError(f"{name}: 'error' is not a string")
-    return FileEntry(
-        name=name,
-        size=_get_int(item, "size"),
-        mtime_ms=_get_int(item, "mtime_ms"),
-        ctime_ms=_get_optional_int(item, "ctime_ms"),
-        content=content,
-        summary=summary,
-        error=error,
-    )
-
-
-def _parse_pid(key: str) -> int:
-    if not key.isascii() or not key.isdigit():
-        raise _BadAnswerError("a 'procs' key is not a pid")
-    return int(key)
-
-
-def _proc_value(value: object) -> int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
-        return value
-    raise _BadAnswerError("a 'procs' value is not an integer or null")
 
 
 class PsrpTransport:
@@ -272,7 +169,7 @@ class PsrpTransport:
         # If the function is missing (the server reset the runspace), this pipeline fails: the
         # poll fails, the pool is discarded, and the next poll opens a new pool and defines it.
         ps = PowerShell(pool)
-        ps.add_cmdlet(POLL_FUNCTION)
+        ps.add_cmdlet(FUNCTION)
         for name in PARAMETER_NAMES:
             ps.add_parameter(name, parameters[name])
         output = self._run(ps, deadline)
@@ -404,7 +301,7 @@ def _classify(exc: Exception) -> tuple[str, type[TransportError]]:
         (WinRMError, "WinRM error"),
         (_DeadlineError, "deadline"),
         (_PipelineFailedError, "pipeline failed"),
-        (_BadAnswerError, "bad answer"),
+        (BadAnswerError, "bad answer"),
         (_ClosedError, "closed"),
     )
     for exc_type, kind in kinds:
