@@ -1,6 +1,7 @@
 """``python -m bench.soak --quick|--full|--smoke``: the reliability suite.
 
-Fault matrix, crash soak (SIGKILL + restart on one state file) and hostile input, against
+Fault matrix, crash soak (SIGKILL + restart on one state file), hostile input and a backlog of
+3,000 job files read after a restart, against
 simulated Windows hosts over HTTPS. Prints its tables and writes ``bench/results/soak.json``
 (or ``--out``). Exits 1 when a job was lost, an event was repeated outside the documented
 at-least-once window, a bad name was reported, or the source died.
@@ -14,6 +15,7 @@ from typing import Any
 
 from bench import RESULTS_DIR
 from bench.report import parse_options, progress, table, work_dir, write_json
+from bench.soak_backlog import RSS_TARGET_MB, BacklogConfig, backlog
 from bench.soak_crash import CrashConfig, crash_soak
 from bench.soak_faults import FaultConfig, fault_matrix
 from bench.soak_hostile import HostileConfig, hostile
@@ -25,6 +27,7 @@ class SoakProfile:
     crash: CrashConfig
     crash_feedback: CrashConfig | None
     hostile: HostileConfig = field(default_factory=HostileConfig)
+    backlog: BacklogConfig = field(default_factory=BacklogConfig)
 
 
 PROFILES: dict[str, SoakProfile] = {
@@ -33,6 +36,7 @@ PROFILES: dict[str, SoakProfile] = {
         crash=CrashConfig(runs=3, hosts=2, life_max_s=3.0),
         crash_feedback=None,
         hostile=HostileConfig(jobs_per_wave=2),
+        backlog=BacklogConfig(files=300),
     ),
     "quick": SoakProfile(
         faults=FaultConfig(hosts_per_fault=2, jobs_per_host=3, fault_s=20.0),
@@ -122,6 +126,37 @@ def print_tables(doc: dict[str, Any]) -> None:
         f"{h['worst_latency_control_s']} s on the control; source alive: "
         f"{h['source_alive_at_end']}"
     )
+    b = doc["backlog"]
+    print()
+    print(
+        table(
+            "Backlog after a restart (finished job files on one host; SIGKILL half way, restart)",
+            [
+                "files",
+                "KB each",
+                "read after restart s",
+                "complete",
+                "dup",
+                "polls",
+                "peak RSS MB",
+                "peak poll MB / quota",
+                "over quota",
+            ],
+            [
+                [
+                    b["files"],
+                    b["file_kb"],
+                    b["read_after_restart_s"],
+                    b["complete_after_restart"],
+                    b["duplicated"],
+                    b["polls"],
+                    b["peak_rss_mb"],
+                    f"{b['peak_poll_working_set_mb']} / {b['memory_quota_mb']}",
+                    b["pipelines_over_quota"],
+                ]
+            ],
+        )
+    )
 
 
 def failures(doc: dict[str, Any]) -> list[str]:
@@ -144,6 +179,14 @@ def failures(doc: dict[str, Any]) -> list[str]:
             f"hostile: {h['bad_name_events']} bad-name events, {h['normal_lost']} normal jobs "
             f"lost, source alive {h['source_alive_at_end']}"
         )
+    b = doc["backlog"]
+    if not b["complete_after_restart"] or b["pipelines_over_quota"]:
+        found.append(
+            f"backlog: {b['missing']} jobs never reported, {b['pipelines_over_quota']} pipelines "
+            "over the memory quota"
+        )
+    if b["peak_rss_mb"] > RSS_TARGET_MB:
+        found.append(f"backlog: peak RSS {b['peak_rss_mb']} MB over {RSS_TARGET_MB} MB")
     if h["unicode_digit_name_events"]:
         found.append(
             f"hostile: {h['unicode_digit_name_events']} events for job names with non-ASCII "
@@ -173,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if profile.crash_feedback is not None:
             doc["crash_feedback"] = crash_soak(workdir / "crash-fb", profile.crash_feedback)
         doc["hostile"] = hostile(workdir / "hostile", profile.hostile)
+        doc["backlog"] = backlog(workdir / "backlog", profile.backlog)
         problems = failures(doc)
         doc["problems"] = problems
         print_tables(doc)

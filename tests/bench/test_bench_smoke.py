@@ -103,3 +103,7 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert hostile["bad_name_events"] == 0, hostile["files"]
     assert hostile["normal_lost"] == 0
     assert hostile["duplicated"] == 0
+    backlog = doc["backlog"]
+    assert backlog["complete_after_restart"], backlog
+    assert backlog["missing"] == 0 and backlog["pipelines_over_quota"] == 0, backlog
+    assert backlog["emitted_before_restart"] < backlog["files"], backlog
