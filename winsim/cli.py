@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from winsim.host import SimHost
+from winsim.host import DEFAULT_MEMORY_QUOTA_MB, SimHost
 from winsim.jobfiles import GENERATIONS
 from winsim.jobs import OUTCOMES
 from winsim.scripts.dispatch import execute
@@ -150,7 +150,13 @@ async def serve(args: argparse.Namespace) -> int:
     async with SimServer(execute, ca_bundle=ca_bundle if args.https else None) as server:
         for index in range(1, args.hosts + 1):
             name = f"{args.prefix}{index:02d}"
-            host = SimHost(name, state, user=args.user, generation=args.generation)
+            host = SimHost(
+                name,
+                state,
+                user=args.user,
+                generation=args.generation,
+                memory_quota_mb=args.memory_quota_mb,
+            )
             host.attach_loop(loop)
             password = secrets.token_urlsafe(18)
             port = args.base_port + index - 1 if args.base_port else 0
@@ -292,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--prefix", default="win", help="host names: <prefix>01, ...")
     serve_p.add_argument("--user", default="ansible")
     serve_p.add_argument("--generation", choices=GENERATIONS, default="2.19-ps51")
+    serve_p.add_argument(
+        "--memory-quota-mb",
+        type=int,
+        default=DEFAULT_MEMORY_QUOTA_MB,
+        help="WinRS MaxMemoryPerShellMB of each host (0: no limit)",
+    )
     serve_p.add_argument("--stop-after", type=float, default=0.0, help="seconds, 0: never")
     serve_p.set_defaults(func=None)
 
