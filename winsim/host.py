@@ -101,6 +101,8 @@ class SimHost:
         self.hidden_start_pids: set[int] = set()
         # case-folded Windows paths of files that fail to open (sharing violation)
         self.locked_paths: set[str] = set()
+        # case-folded Windows paths of directories this user may not list (access denied)
+        self.denied_dirs: set[str] = set()
         self.jobs: dict[str, ScriptedJob] = {}
         # WinRS MaxMemoryPerShellMB: a pipeline whose working set would pass it fails
         self.memory_quota_mb = memory_quota_mb
@@ -231,6 +233,17 @@ class SimHost:
 
     def forget_file(self, path: Path) -> None:
         self._ctimes.pop(str(path), None)
+
+    def deny_access(self, win_path: str, denied: bool = True) -> None:
+        """Make a directory unlistable for the user, as a changed ACL would."""
+        key = ntpath.normpath(win_path).casefold()
+        if denied:
+            self.denied_dirs.add(key)
+        else:
+            self.denied_dirs.discard(key)
+
+    def is_denied(self, win_path: str) -> bool:
+        return ntpath.normpath(win_path).casefold() in self.denied_dirs
 
     def lock_file(self, win_path: str, locked: bool = True) -> None:
         key = ntpath.normpath(win_path).casefold()

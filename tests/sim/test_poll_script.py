@@ -318,7 +318,32 @@ async def test_other_async_dir(host: SimHost) -> None:
     assert answer["dir"] == r"C:\JOBS"
     assert [f["name"] for f in answer["files"]] == [jid]
     assert (await poll(host, async_dir=r"D:\nowhere"))["exists"] is False
-    assert (await poll(host, async_dir=r"%NOPE%\x"))["dir"] == r"%NOPE%\x"
+
+
+async def test_only_a_missing_directory_is_no_directory(host: SimHost) -> None:
+    """Old behaviour: `[IO.Directory]::Exists` is false on access denied, an unexpanded %VAR%,
+    a relative path: each read as "no directory", and every known job became `gone`."""
+    host.start_job("finished", 3600)
+    known = {"j1.2": "10:5"}
+    cases = {
+        r"%NOPE%\x": twin.DIR_UNEXPANDED.format(dir=r"%NOPE%\x"),
+        r"jobs\here": twin.DIR_NOT_ROOTED.format(dir=r"jobs\here"),
+        r"C:jobs": twin.DIR_NOT_ROOTED.format(dir=r"C:jobs"),
+    }
+    for async_dir, message in cases.items():
+        result = await run_poll(host, async_dir=async_dir, known=known)
+        assert result.failed and result.errors == [message], async_dir
+    host.deny_access(host.async_dir)
+    result = await run_poll(host, known=known)
+    assert result.failed
+    assert result.errors == [twin.DIR_DENIED.format(dir=host.async_dir)]
+    host.deny_access(host.async_dir, denied=False)
+    assert (await poll(host, known=known))["gone"] == ["j1.2"]
+    (host.profile_dir / "afile").write_bytes(b"")
+    result = await run_poll(host, async_dir=r"%USERPROFILE%\afile")
+    assert result.failed and "cannot be listed" in result.errors[0]
+    # UNC paths are absolute; on the simulated host they are not found
+    assert (await poll(host, async_dir=r"\\server\share\jobs"))["exists"] is False
 
 
 async def test_bad_parameters_fail_the_pipeline(host: SimHost) -> None:

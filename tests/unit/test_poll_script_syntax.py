@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_no_value_is_pasted_into_the_script(root: Node) -> None:
     literals = [text(n) for n in walk(root) if n.type == "string_literal"]
     for literal in literals:
         assert ":\\" not in literal, literal
-        assert "%" not in literal, literal
+        assert not re.search(r"%[A-Za-z_]+%", literal), literal
         assert ".ansible_async" not in literal, literal
         assert "$env:" not in literal.lower(), literal
     # the Python side sends the file as it is: no template placeholder can be filled in

@@ -94,3 +94,15 @@ def test_answer_and_entry_keys_are_the_same(tmp_path: Path) -> None:
     for key in answer:
         assert f'"{key}"' in DOC, key
     assert answer["v"] == poll_wire.ANSWER_VERSION
+
+
+@pytest.mark.parametrize(
+    "message", [twin.DIR_UNEXPANDED, twin.DIR_NOT_ROOTED, twin.DIR_DENIED, twin.DIR_UNLISTABLE]
+)
+def test_async_dir_errors_say_the_same(message: str) -> None:
+    assert message.replace("{dir}", "$dir") in SCRIPT
+
+
+def test_async_dir_patterns_are_the_same() -> None:
+    assert f"$dir -match '{twin._UNEXPANDED_RE.pattern}'" in SCRIPT
+    assert f"$dir -notmatch '{twin._ROOTED_RE.pattern}'" in SCRIPT

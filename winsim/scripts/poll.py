@@ -48,6 +48,16 @@ SUMMARY_KEYS = (*SUMMARY_FLAGS, "msg")
 _WS = "[ \\t\\r\\n]*"  # JSON's whitespace, as the script's patterns spell it
 _MSG_RE = re.compile(r"[{,]" + _WS + r'"msg"' + _WS + ":" + _WS + r'"((?:[^"\\]|\\.)*)"')
 INT32_MAX = 2**31 - 1
+# what the script throws when the async dir cannot be listed (only "not found" is no error)
+DIR_UNEXPANDED = (
+    "winasync-eda-poll: the async dir '{dir}' names an environment variable this host does not"
+    " define (not expanded)"
+)
+DIR_NOT_ROOTED = "winasync-eda-poll: the async dir '{dir}' is not an absolute path"
+DIR_DENIED = "winasync-eda-poll: access to the async dir '{dir}' is denied"
+DIR_UNLISTABLE = "winasync-eda-poll: the async dir '{dir}' cannot be listed: "
+_UNEXPANDED_RE = re.compile(r"%[^%\\]+%")
+_ROOTED_RE = re.compile(r"^([A-Za-z][:][\\/]|[\\/]{2})")
 # poll_working_set's model
 RUNSPACE_BYTES = 40 * 1024 * 1024
 MEMORY_FACTOR = 10
@@ -172,9 +182,9 @@ def poll(
 
     # 2. list, 3. read new or changed, 4. gone
     expanded = host.expand(async_dir)
-    local = host.to_local(expanded) if expanded else None
-    exists = local is not None and local.is_dir()
-    entries = _list_files(local) if exists and local is not None else []
+    local = _async_dir(host, expanded)
+    exists = local is not None
+    entries = _list_files(local) if local is not None else []
 
     files: list[dict[str, Any]] = []
     deferred: list[str] = []
@@ -258,6 +268,24 @@ def poll_working_set(read_bytes: int) -> int:
     about ten times the bytes read, as the issue measured it.
     """
     return RUNSPACE_BYTES + MEMORY_FACTOR * read_bytes
+
+
+def _async_dir(host: SimHost, expanded: str) -> Path | None:
+    """The async dir on disk; None when not found; PollScriptError for any other failure."""
+    if _UNEXPANDED_RE.search(expanded):
+        raise PollScriptError(DIR_UNEXPANDED.format(dir=expanded))
+    if not _ROOTED_RE.match(expanded):
+        raise PollScriptError(DIR_NOT_ROOTED.format(dir=expanded))
+    local = host.to_local(expanded)
+    if local is None or not local.exists():
+        return None  # DirectoryNotFoundException: another drive, or no such directory
+    if host.is_denied(expanded):
+        raise PollScriptError(DIR_DENIED.format(dir=expanded))
+    if not local.is_dir():
+        raise PollScriptError(
+            DIR_UNLISTABLE.format(dir=expanded) + "The directory name is invalid."
+        )
+    return local
 
 
 def _open_error(message: str) -> str:

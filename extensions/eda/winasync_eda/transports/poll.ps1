@@ -168,13 +168,24 @@ $deferred = New-Object 'System.Collections.Generic.List[object]'
 $present = New-Object 'System.Collections.Generic.HashSet[string]'
 $exists = $false
 $entries = @()
-if ([IO.Directory]::Exists($dir)) {
-    try {
-        $entries = ([IO.DirectoryInfo]::new($dir)).GetFiles()
-        $exists = $true
-    } catch [IO.DirectoryNotFoundException] {
-        $entries = @()
-    }
+# Only "directory not found" means that no job ever ran as that user. Every other failure fails
+# the poll and names its cause: [IO.Directory]::Exists said false for all of them alike, and the
+# client then took every running job for vanished.
+if ($dir -match '%[^%\\]+%') {
+    throw "winasync-eda-poll: the async dir '$dir' names an environment variable this host does not define (not expanded)"
+}
+if ($dir -notmatch '^([A-Za-z][:][\\/]|[\\/]{2})') {
+    throw "winasync-eda-poll: the async dir '$dir' is not an absolute path"
+}
+try {
+    $entries = ([IO.DirectoryInfo]::new($dir)).GetFiles()
+    $exists = $true
+} catch [IO.DirectoryNotFoundException] {
+    $entries = @()
+} catch [UnauthorizedAccessException] {
+    throw "winasync-eda-poll: access to the async dir '$dir' is denied"
+} catch {
+    throw "winasync-eda-poll: the async dir '$dir' cannot be listed: " + $_.Exception.Message
 }
 
 foreach ($file in $entries) {
