@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PsEdition = Literal["5.1", "7"]
+LanguageMode = Literal["FullLanguage", "ConstrainedLanguage"]
+# what Set-AuthenticodeSignature appends to a script it signs
+SIGNATURE_BLOCK = "# SIG # Begin signature block"
 
 DEFAULT_ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 # Windows pids are multiples of 4; a reboot restarts the sequence, so pids come back.
@@ -101,6 +104,9 @@ class SimHost:
         self.hidden_start_pids: set[int] = set()
         # case-folded Windows paths of files that fail to open (sharing violation)
         self.locked_paths: set[str] = set()
+        # the remote session's $ExecutionContext.SessionState.LanguageMode: ConstrainedLanguage
+        # under App Control for Business or AppLocker script enforcement
+        self.language_mode: LanguageMode = "FullLanguage"
         # case-folded Windows paths of directories this user may not list (access denied)
         self.denied_dirs: set[str] = set()
         self.jobs: dict[str, ScriptedJob] = {}
@@ -244,6 +250,11 @@ class SimHost:
 
     def is_denied(self, win_path: str) -> bool:
         return ntpath.normpath(win_path).casefold() in self.denied_dirs
+
+    def script_language_mode(self, win_path: str, text: str) -> LanguageMode:
+        """The mode a script file runs in when invoked by path: FullLanguage when it carries a
+        signature (the policy is taken to trust its signer), else the session's mode."""
+        return "FullLanguage" if SIGNATURE_BLOCK in text else self.language_mode
 
     def lock_file(self, win_path: str, locked: bool = True) -> None:
         key = ntpath.normpath(win_path).casefold()

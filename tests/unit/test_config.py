@@ -445,6 +445,15 @@ ERROR_CASES: list[tuple[dict[str, Any], str]] = [
         "async_jobs: feedback: is true but ansible-rulebook gave no feedback queue",
     ),
     (args_with(max_concurrency=0), "async_jobs: max_concurrency: must be an integer >= 1"),
+    (args_with(max_answer_bytes=1000), "async_jobs: max_answer_bytes: must be an integer >= 65536"),
+    (
+        args_with(poll_script="poll.ps1"),
+        "async_jobs: poll_script: must be the absolute Windows path of a .ps1 file",
+    ),
+    (
+        args_with(poll_script="C:\\x\\poll.txt"),
+        "async_jobs: poll_script: must be the absolute Windows path of a .ps1 file",
+    ),
     (args_with(poll_timeout=0), "async_jobs: poll_timeout: must be a number of seconds > 0"),
     (args_with(backoff_max="-5"), "async_jobs: backoff_max: must be a number of seconds > 0"),
     (args_with(auth_backoff=-1), "async_jobs: auth_backoff: must be a number of seconds >= 0"),
@@ -503,3 +512,15 @@ def test_secret_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
     assert SECRET not in repr(config.hosts[0])
     assert f"{config.hosts[0].password}" == "Secret('********')"
     assert SECRET not in caplog.text
+
+
+def test_answer_budget_and_poll_script() -> None:
+    config = parse_args(args_with())
+    assert config.max_answer_bytes == 4 * 1024 * 1024
+    assert config.poll_script is None
+    path = "C:\\ProgramData\\winasync\\poll.ps1"
+    config = parse_args(args_with(max_answer_bytes=65536, poll_script=path))
+    assert config.max_answer_bytes == 65536
+    assert config.poll_script == path
+    unc = "\\\\files\\scripts\\poll.ps1"
+    assert parse_args(args_with(poll_script=unc)).poll_script == unc

@@ -36,6 +36,7 @@ from winasync_eda.transports.base import (
     AuthenticationFailed,
     FileEntry,
     FileKey,
+    HostUnsupported,
     PollRequest,
     Snapshot,
     TransportError,
@@ -843,3 +844,34 @@ def test_scrub_masks_secrets_and_url_credentials_and_bounds_the_text() -> None:
     assert "https://***@proxy:8080/x" in scrubbed
     assert "\n" not in scrubbed
     assert len(scrubbed) <= 303
+
+
+async def test_a_deployed_script_is_run_by_path_and_never_defined(host: FakeHost) -> None:
+    path = "C:\\ProgramData\\winasync\\poll.ps1"
+    transport = PsrpTransport(settings(), poll_script=path)
+    try:
+        await transport.poll(REQUEST)
+        await transport.poll(REQUEST)
+    finally:
+        await transport.close()
+    assert host.defines == []
+    assert [ps.cmdlets for ps in host.pipelines] == [[(path, None)], [(path, None)]]
+    assert [name for name, _ in host.pipelines[0].parameters] == list(poll_wire.PARAMETER_NAMES)
+
+
+async def test_a_constrained_language_host_is_unsupported_with_its_reason(
+    host: FakeHost, transport: PsrpTransport
+) -> None:
+    reason = "the session runs in ConstrainedLanguage (App Control or AppLocker): deploy ..."
+    host.steps.append(
+        Step(had_errors=True, errors=[poll_wire.UNSUPPORTED_PREFIX + reason], output=[])
+    )
+    with pytest.raises(HostUnsupported) as caught:
+        await transport.poll(REQUEST)
+    assert caught.value.reason == reason
+    assert str(caught.value) == f"{HOST}: unsupported: {reason}"
+    # any other failed pipeline stays an ordinary failed poll
+    host.steps.append(Step(had_errors=True, errors=["boom"], output=[]))
+    with pytest.raises(TransportError) as other:
+        await transport.poll(REQUEST)
+    assert not isinstance(other.value, HostUnsupported)

@@ -48,6 +48,9 @@ async def execute(host: SimHost, request: PipelineRequest) -> PipelineResult:
             return PipelineResult()
         if poll.is_poll_command(first) or (first.is_script and poll.is_poll_script(first.text)):
             return poll.run_poll(host, first.named())
+        by_path = poll.run_script_file(host, first)
+        if by_path is not None:
+            return by_path
         payload = ansible_exec.parse_exec_payload(request)
         if payload is not None:
             return await ansible_exec.run_exec(host, payload)

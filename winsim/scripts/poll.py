@@ -48,6 +48,10 @@ SUMMARY_KEYS = (*SUMMARY_FLAGS, "msg")
 _WS = "[ \\t\\r\\n]*"  # JSON's whitespace, as the script's patterns spell it
 _MSG_RE = re.compile(r"[{,]" + _WS + r'"msg"' + _WS + ":" + _WS + r'"((?:[^"\\]|\\.)*)"')
 INT32_MAX = 2**31 - 1
+UNSUPPORTED = (
+    "winasync-eda-poll: unsupported: the session runs in {mode} (App Control or AppLocker):"
+    " deploy the signed poll script and set poll_script"
+)
 # what the script throws when the async dir cannot be listed (only "not found" is no error)
 DIR_UNEXPANDED = (
     "winasync-eda-poll: the async dir '{dir}' names an environment variable this host does not"
@@ -87,8 +91,35 @@ def is_poll_command(command: Command) -> bool:
     return not command.is_script and command.text.strip().casefold() == FUNCTION.casefold()
 
 
-def run_poll(host: SimHost, params: Mapping[str, Any]) -> PipelineResult:
-    """One poll pipeline: one JSON string out, or a failed pipeline like the script's throw."""
+def run_script_file(host: SimHost, command: Command) -> PipelineResult | None:
+    """A script file invoked by path (``add_cmdlet('C:\\...\\poll.ps1')``): the poll when the
+    file is the poll script, in the language mode its signature gives; None for other files."""
+    path = command.text.strip()
+    if command.is_script or not path.casefold().endswith(".ps1") or not _ROOTED_RE.match(path):
+        return None
+    local = host.to_local(path)
+    if local is None or not local.is_file():
+        return PipelineResult.failure(
+            f"The term '{path}' is not recognized as the name of a cmdlet, function, script"
+            " file, or operable program. Check the spelling of the name, or if a path was"
+            " included, verify that the path is correct and try again."
+        )
+    text = local.read_bytes().decode("utf-8-sig", errors="replace")
+    if not is_poll_script(text):
+        return None
+    return run_poll(host, command.named(), host.script_language_mode(path, text))
+
+
+def run_poll(
+    host: SimHost, params: Mapping[str, Any], language_mode: str | None = None
+) -> PipelineResult:
+    """One poll pipeline: one JSON string out, or a failed pipeline like the script's throw.
+
+    ``language_mode``: the mode the script runs in (a signed file run by path); None: the
+    session's own."""
+    mode = language_mode or host.language_mode
+    if mode != "FullLanguage":  # the script's first check, before any method call
+        return PipelineResult.failure(UNSUPPORTED.format(mode=mode))
     try:
         answer = poll(
             host,

@@ -27,6 +27,7 @@ import asyncio
 import difflib
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ _SOURCE_KEYS = (
     "lost_after",
     "max_output_bytes",
     "max_answer_bytes",
+    "poll_script",
     "host_events",
     "feedback",
     "max_concurrency",
@@ -129,6 +131,7 @@ class SourceConfig:
     lost_after: float | None
     max_output_bytes: int
     max_answer_bytes: int
+    poll_script: str | None
     host_events: bool
     feedback: bool
     feedback_queue: asyncio.Queue[Any] | None
@@ -583,6 +586,17 @@ def _state_file(raw: Any, where: str) -> Path:
     return path
 
 
+def _poll_script(raw: Any, where: str) -> str:
+    """The path of a deployed poll.ps1 on the hosts: absolute (a drive or a UNC share)."""
+    path = _text(raw, where)
+    if not re.match(r"^([A-Za-z]:\\|\\\\)[^\r\n\"']*\.ps1$", path, re.IGNORECASE):
+        raise _error(
+            where,
+            f"must be the absolute Windows path of a .ps1 file, got {_show(raw)}",
+        )
+    return path
+
+
 def _at_least(minimum: int) -> Callable[[Any, str], int]:
     return lambda raw, where: _integer(raw, where, minimum)
 
@@ -627,6 +641,7 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
     lost_after = _optional(args, "lost_after", _seconds, None)
     max_output_bytes = _optional(args, "max_output_bytes", _at_least(256), 65536)
     max_answer_bytes = _optional(args, "max_answer_bytes", _at_least(65536), 4 * 1024 * 1024)
+    poll_script = _optional(args, "poll_script", _poll_script, None)
     max_concurrency = _optional(args, "max_concurrency", _at_least(1), 32)
     poll_timeout = _optional(args, "poll_timeout", _seconds, 60.0)
     backoff_max = _optional(args, "backoff_max", _seconds, 300.0)
@@ -642,6 +657,7 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
         lost_after=lost_after,
         max_output_bytes=max_output_bytes,
         max_answer_bytes=max_answer_bytes,
+        poll_script=poll_script,
         host_events=host_events,
         feedback=feedback,
         feedback_queue=queue,

@@ -43,7 +43,7 @@ _DEFAULT_REASON = {
 }
 # Below this, halving the per-value budget again cannot save a result: use the marker.
 _MIN_BUDGET = 16
-HOST_STATUSES = frozenset({"unreachable", "recovered"})
+HOST_STATUSES = frozenset({"unreachable", "recovered", "unsupported"})
 
 
 def event_uuid(host: str, jid: str, status: Status) -> str:
@@ -127,7 +127,7 @@ def build_job_event(
 def build_host_event(
     *, host: str, status: str, error: str | None, detected_at_ms: int
 ) -> dict[str, Any]:
-    """One ``async_host`` event (``unreachable`` or ``recovered``)."""
+    """One ``async_host`` event (``unreachable``, ``recovered`` or ``unsupported``)."""
     if status not in HOST_STATUSES:
         raise ValueError(f"host event status must be one of {sorted(HOST_STATUSES)}: {status!r}")
     key = f"host\x1f{host}\x1f{status}\x1f{detected_at_ms}"

@@ -24,7 +24,13 @@ from tenacity import (
 
 from .delivery import Delivery
 from .tracker import HostTracker
-from .transports.base import AuthenticationFailed, Snapshot, Transport, TransportError
+from .transports.base import (
+    AuthenticationFailed,
+    HostUnsupported,
+    Snapshot,
+    Transport,
+    TransportError,
+)
 
 LOGGER = logging.getLogger(__name__)
 SUMMARY_MIN_PERIOD_S = 5.0
@@ -40,6 +46,8 @@ class HostSlot:
     tracker: HostTracker
     failures: int = 0
     last_error: str | None = None
+    # the last failure said the host cannot run the poll script (reported once per episode)
+    unsupported: bool = False
 
 
 @dataclass
@@ -58,6 +66,8 @@ class Timing:
     poll_timeout: float = 60.0
     backoff_max: float = 300.0
     auth_backoff: float = 900.0
+    # a host that cannot run the poll script (Constrained Language Mode) is asked again this rarely
+    unsupported_retry: float = 3600.0
     # a job file larger than this is summarised on the host (docs/poll-protocol.md), not sent
     max_bytes: int = 1024 * 1024
     # an answer's byte budget; files past it are deferred to the next polls, which follow at once
@@ -128,6 +138,7 @@ class Scheduler:
             LOGGER.warning("%s: reachable again after %d failed polls", slot.name, slot.failures)
             slot.failures = 0
             slot.last_error = None
+            slot.unsupported = False
             if self.host_events:
                 await self.delivery.host_event(slot.name, "recovered", None)
         return snap
@@ -162,6 +173,8 @@ class Scheduler:
         exc = rs.outcome.exception() if rs.outcome is not None else None
         if isinstance(exc, AuthenticationFailed):
             return self.timing.auth_backoff
+        if isinstance(exc, HostUnsupported):
+            return self.timing.unsupported_retry
         return float(self._backoff(rs))
 
     async def _failed(self, slot: HostSlot, rs: RetryCallState) -> None:
@@ -170,6 +183,18 @@ class Scheduler:
         slot.failures += 1
         self._counts.failed += 1
         slot.last_error = error
+        if isinstance(exc, HostUnsupported):
+            if not slot.unsupported:  # once per episode: the log, and the event
+                slot.unsupported = True
+                LOGGER.error(
+                    "%s: cannot run the poll script: %s; asking again every %.0f s",
+                    slot.name,
+                    exc.reason,
+                    self.timing.unsupported_retry,
+                )
+                if self.host_events:
+                    await self.delivery.host_event(slot.name, "unsupported", exc.reason)
+            return
         log = (
             LOGGER.warning
             if slot.failures == 1 or isinstance(exc, AuthenticationFailed)

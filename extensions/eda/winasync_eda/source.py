@@ -53,6 +53,7 @@ def make_transport(
             certificate_key_pem=host.certificate_key_pem,
         ),
         executor,
+        poll_script=cfg.poll_script,
     )
 
 

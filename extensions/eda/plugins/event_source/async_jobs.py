@@ -116,6 +116,14 @@ options:
       MaxMemoryPerShellMB).
     type: int
     default: 4194304
+  poll_script:
+    description: Absolute path, on the hosts, of the poll script deployed there (for example
+      C(C:\\ProgramData\\winasync\\poll.ps1), copied by the playbook
+      C(winasync.eda.deploy_poll_script) and signed by you). Each poll then runs that file by
+      path instead of defining the script as a function, so hosts in Constrained Language Mode
+      (App Control for Business, AppLocker) run it in FullLanguage when its signature is trusted.
+      Unset, a host in Constrained Language Mode is reported C(unsupported).
+    type: str
   max_concurrency:
     description: Hosts polled at the same time.
     type: int

@@ -19,6 +19,14 @@ class AuthenticationFailed(TransportError):
     """The host refused the credentials: back off long, to spare the account a lockout."""
 
 
+class HostUnsupported(TransportError):
+    """The host cannot run the poll script (Constrained Language Mode): ask again rarely."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class FileKey:
     """What tells that a job file changed since it was last read."""

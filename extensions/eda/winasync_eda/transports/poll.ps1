@@ -15,6 +15,14 @@ param(
 
 $ErrorActionPreference = 'Stop'
 
+# Under App Control for Business or AppLocker the session runs in ConstrainedLanguage, where the
+# method calls below fail. Say so first, in words the client recognises; a copy of this script
+# deployed on the host, signed and invoked by path, runs in FullLanguage (docs/poll-protocol.md).
+$languageMode = [string]$ExecutionContext.SessionState.LanguageMode
+if ($languageMode -ne 'FullLanguage') {
+    throw "winasync-eda-poll: unsupported: the session runs in $languageMode (App Control or AppLocker): deploy the signed poll script and set poll_script"
+}
+
 # Sizes the twin declares too (tests/unit/test_poll_twins.py compares them).
 $HeadBytes = 65536
 $TailBytes = 65536

@@ -25,6 +25,8 @@ DEFINE_MARKER: Final = "# winasync-eda-poll-define v1"
 FUNCTION: Final = "Invoke-WinasyncPoll"
 # run once per pool: the poll script, unchanged, as the body of a function in the global scope
 DEFINE_SCRIPT: Final = f"{DEFINE_MARKER}\nfunction global:{FUNCTION} {{\n{POLL_SCRIPT}\n}}\n"
+# what the script throws, first thing, in a session whose language mode is not FullLanguage
+UNSUPPORTED_PREFIX: Final = "winasync-eda-poll: unsupported: "
 PARAMETER_NAMES: Final = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes", "MaxAnswer")
 ANSWER_VERSION: Final = 1
 
@@ -33,6 +35,12 @@ _T = TypeVar("_T")
 
 class BadAnswerError(Exception):
     """The host answered something that is not the poll protocol's JSON."""
+
+
+def unsupported_reason(error_text: str) -> str | None:
+    """The reason a host gave for not running the poll (its language mode), or None."""
+    start = error_text.find(UNSUPPORTED_PREFIX)
+    return None if start < 0 else error_text[start + len(UNSUPPORTED_PREFIX) :].strip()
 
 
 def build_parameters(request: PollRequest) -> dict[str, str]:

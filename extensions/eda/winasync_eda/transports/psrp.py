@@ -36,7 +36,7 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import SelectorSet, WSMan
 
-from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
+from .base import AuthenticationFailed, HostUnsupported, PollRequest, Snapshot, TransportError
 from .poll_wire import (
     DEFINE_SCRIPT,
     FUNCTION,
@@ -44,6 +44,7 @@ from .poll_wire import (
     BadAnswerError,
     build_parameters,
     parse_answer,
+    unsupported_reason,
 )
 from .psrp_settings import PsrpSettings
 
@@ -78,8 +79,17 @@ class _DeadlineError(Exception):
 class PsrpTransport:
     """A host polled over PSRP; implements ``Transport``. Not shared between hosts."""
 
-    def __init__(self, settings: PsrpSettings, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        settings: PsrpSettings,
+        executor: Executor | None = None,
+        *,
+        poll_script: str | None = None,
+    ) -> None:
         self.settings = settings
+        # the path of poll.ps1 deployed on the host (signed, for Constrained Language Mode):
+        # each poll runs that file; None: the script is defined as a function once per pool
+        self.poll_script = poll_script
         # the source passes a pool sized for max_concurrency; None: the loop's default one
         self._executor = executor
         self._lock = asyncio.Lock()
@@ -169,7 +179,7 @@ class PsrpTransport:
         # If the function is missing (the server reset the runspace), this pipeline fails: the
         # poll fails, the pool is discarded, and the next poll opens a new pool and defines it.
         ps = PowerShell(pool)
-        ps.add_cmdlet(FUNCTION)
+        ps.add_cmdlet(self.poll_script or FUNCTION)
         for name in PARAMETER_NAMES:
             ps.add_parameter(name, parameters[name])
         output = self._run(ps, deadline)
@@ -225,6 +235,8 @@ class PsrpTransport:
         # pipeline of this pool finds it (with more runspaces a poll could land in another one)
         self._pool = RunspacePool(self._wsman, min_runspaces=1, max_runspaces=1)
         self._pool.open()
+        if self.poll_script:
+            return self._pool  # the deployed file is run by path: nothing to define
         define = PowerShell(self._pool)
         define.add_script(DEFINE_SCRIPT, use_local_scope=True)
         self._run(define, deadline)
@@ -271,6 +283,9 @@ class PsrpTransport:
         message = f"{self.settings.host_name}: {kind}" + (f": {text}" if text else "")
         level = logging.WARNING if kind.startswith("unexpected") else logging.DEBUG
         LOGGER.log(level, "PSRP poll failed: %s", message)
+        reason = unsupported_reason(text) if isinstance(exc, _PipelineFailedError) else None
+        if reason is not None:
+            return HostUnsupported(f"{self.settings.host_name}: unsupported: {reason}", reason)
         return cls(message)
 
 
