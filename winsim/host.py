@@ -107,6 +107,10 @@ class SimHost:
         # the remote session's $ExecutionContext.SessionState.LanguageMode: ConstrainedLanguage
         # under App Control for Business or AppLocker script enforcement
         self.language_mode: LanguageMode = "FullLanguage"
+        # how long a read keeps its handle open on a job file (a model: the poll reads in one
+        # pre-sized read), and the open handles: folded Windows path -> loop time they close
+        self.read_hold_s = 0.0
+        self._open_reads: dict[str, float] = {}
         # case-folded Windows paths of directories this user may not list (access denied)
         self.denied_dirs: set[str] = set()
         self.jobs: dict[str, ScriptedJob] = {}
@@ -255,6 +259,23 @@ class SimHost:
         """The mode a script file runs in when invoked by path: FullLanguage when it carries a
         signature (the policy is taken to trust its signer), else the session's mode."""
         return "FullLanguage" if SIGNATURE_BLOCK in text else self.language_mode
+
+    def hold_read(self, win_path: str) -> None:
+        """A reader opened the file: its handle stays open ``read_hold_s`` seconds."""
+        if self.read_hold_s > 0 and self.loop is not None:
+            key = ntpath.normpath(win_path).casefold()
+            self._open_reads[key] = self.loop.time() + self.read_hold_s
+
+    def reader_holds(self, win_path: str) -> bool:
+        """Whether a reader's handle is open on the file now."""
+        key = ntpath.normpath(win_path).casefold()
+        until = self._open_reads.get(key)
+        if until is None or self.loop is None:
+            return False
+        if self.loop.time() < until:
+            return True
+        del self._open_reads[key]
+        return False
 
     def lock_file(self, win_path: str, locked: bool = True) -> None:
         key = ntpath.normpath(win_path).casefold()

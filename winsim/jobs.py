@@ -29,8 +29,16 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["finished", "failed", "timed_out", "orphaned"]
 OUTCOMES: tuple[Outcome, ...] = ("finished", "failed", "timed_out", "orphaned")
-Phase = Literal["running", "writing-empty", "writing-partial", "done", "orphaned", "killed"]
-ENDED: frozenset[Phase] = frozenset({"done", "orphaned", "killed"})
+Phase = Literal[
+    "running", "writing-empty", "writing-partial", "done", "orphaned", "killed", "write-failed"
+]
+ENDED: frozenset[Phase] = frozenset({"done", "orphaned", "killed", "write-failed"})
+# The final write's Set-Content first opens the file to truncate it sharing only Write; Windows
+# fails that open while any reader holds a handle on the file (Windows PowerShell 5.1; pwsh 7's
+# writer is not modelled so)
+SHARING_VIOLATION = (
+    "The process cannot access the file '{path}' because it is being used by another process."
+)
 
 JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
 _JID_ONLY_RE = re.compile(r"^j[0-9]{1,12}$")
@@ -180,6 +188,9 @@ class ScriptedJob:
                 record = jobfiles.final_record(
                     self.initial, self.module_result(self.host.now_ms()), self.generation
                 )
+            if self.generation != "2.19-pwsh7" and self.host.reader_holds(self.results_file):
+                self._write_failed()
+                return
             control = self.spec.write or WriteControl()
             await jobfiles.write_nonatomic(
                 self._write,
@@ -195,6 +206,20 @@ class ScriptedJob:
             if self.phase not in ENDED:
                 self._end("killed")
             raise
+
+    def _write_failed(self) -> None:
+        """The watchdog's final Set-Content failed on a reader's handle: the file keeps its
+        running content and the watchdog exits (2.15-2.18 leave an error file in %TEMP%; in
+        2.19 the exception escapes its finally block)."""
+        message = SHARING_VIOLATION.format(path=self.results_file)
+        if jobfiles.is_legacy(self.generation):
+            temp = self.host.to_local(self.host.expand(r"%TEMP%"))
+            if temp is not None:
+                error_file = temp / f"ansible-async-watchdog-error-{self.jid}.txt"
+                self.host.write_file(error_file, message.encode("utf-8"))
+        self.host.kill_process(self.watchdog_pid)
+        self._end("write-failed")
+        log.info("job %s on %s: final write failed: %s", self.jid, self.host.name, message)
 
     def module_result(self, end_ms: int) -> dict[str, Any]:
         """What ``win_shell`` returns for this job (``FailJson`` adds failed and msg)."""

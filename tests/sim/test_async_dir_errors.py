@@ -79,3 +79,50 @@ async def test_access_denied_fails_the_poll_and_no_job_vanishes(
 
 async def _start(host: SimHost) -> str:
     return host.start_job("finished", 3600)
+
+
+async def test_a_final_write_broken_by_a_reader_is_lost_naming_the_cause(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    """Windows PowerShell 5.1's Set-Content fails while any reader holds the job file, whatever
+    it shares: the job file keeps its running content and the watchdog exits. Old behaviour of
+    the simulated host: the write always succeeded, so the source never met this case."""
+    host = SimHost("win03", tmp_path)
+    host.read_hold_s = 30.0  # every read of the poll keeps its handle open past the final write
+    host.attach_loop(sim.loop)
+    ep = sim.add_host("direrr-win03", host, username="ansible", password=PASSWORD)
+    jid = sim.call(_start(host))
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    args = {
+        "hosts": [{"name": "win03", "address": ep.address, "port": ep.port}],
+        "username": "ansible",
+        "password": PASSWORD,
+        "auth": "basic",
+        "protocol": "http",
+        "interval": 0.3,
+        "read_timeout": 4,
+        "operation_timeout": 2,
+    }
+    events: list[dict[str, Any]] = []
+
+    def lost() -> list[dict[str, Any]]:
+        while not queue.empty():
+            events.append(queue.get_nowait())
+        return [e["async_job"] for e in events if e["async_job"]["status"] == "lost"]
+
+    task = asyncio.create_task(run(queue, args))
+    try:
+        results_file = host.jobs[jid].results_file
+        await async_wait_until(lambda: host.reader_holds(results_file), 20, "a poll's read")
+        host.call(host.end_job_now, jid)
+        await async_wait_until(lost, 20, "the lost event")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sim.remove_host(ep.name)
+    assert host.jobs[jid].phase == "write-failed"
+    (event,) = lost()
+    assert event["jid"] == jid
+    assert "final write failed because a reader held the job file open" in event["msg"]
+    assert [e["async_job"]["status"] for e in events] == ["lost"]

@@ -443,3 +443,22 @@ async def test_a_poll_past_the_memory_quota_fails_as_winrm_fails_it(host: SimHos
     assert len(answer["files"]) + len(answer["deferred"]) == 200
     assert host.quota_failures == 1
     assert host.peak_working_set > 96 * 1024 * 1024
+
+
+async def test_the_final_write_fails_while_a_poll_holds_the_file(host: SimHost) -> None:
+    host.read_hold_s = 60.0
+    old = host.start_job("finished", 3600, generation="2.18")
+    new = host.start_job("finished", 3600, generation="2.19-pwsh7")
+    before = (host.async_dir_path / old).read_bytes()
+    await poll(host)  # reads both files: their handles stay open
+    for jid in (old, new):
+        host.end_job_now(jid)
+        await host.job(jid).wait(5)
+    assert host.job(old).phase == "write-failed"
+    assert (host.async_dir_path / old).read_bytes() == before  # still "running"
+    assert host.process_start_ms(host.job(old).watchdog_pid) is None
+    temp = host.to_local(host.expand(r"%TEMP%"))
+    assert temp is not None
+    assert (temp / f"ansible-async-watchdog-error-{old}.txt").exists()
+    # pwsh 7's writer is not modelled as failing
+    assert host.job(new).phase == "done"

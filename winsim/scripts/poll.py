@@ -262,6 +262,7 @@ def poll(
         else:
             try:
                 data, tail = _read(path, size, max_length)
+                host.hold_read(win_path)
             except FileNotFoundError:
                 entry["error"] = _open_error(f"Could not find file '{win_path}'.")
             except OSError as exc:

@@ -219,7 +219,11 @@ class HostTracker:
                 job.dead_polls += 1
                 if job.dead_polls >= DEAD_CONFIRMATIONS:
                     if started is None:
-                        return f"the job's watchdog process {pid} is gone"
+                        return (
+                            f"the job's watchdog process {pid} is gone without writing a result:"
+                            " it died, or its final write failed because a reader held the job"
+                            " file open (Windows fails Set-Content then)"
+                        )
                     return f"the job's watchdog pid {pid} now belongs to a newer process"
             else:
                 job.dead_polls = 0

@@ -236,9 +236,9 @@ foreach ($file in $entries) {
     $head = $null
     $tail = [byte[]]@()
     try {
-        # never ReadAllText: its FileShare.Read can make the watchdog's final write fail. The
-        # handle stays open for one pre-sized read (head and tail of a file too large), nothing
-        # else: a handle open when the watchdog writes makes that write fail whatever we share.
+        # Set-Content (the watchdog's final write) opens the file sharing only Write, so it fails
+        # while ANY reader holds a handle, whatever that reader shares: the handle stays open for
+        # one pre-sized read (head and tail of a file too large) and nothing else.
         $stream = [IO.File]::Open($file.FullName, 'Open', 'Read', 'ReadWrite, Delete')
         try {
             if ($size -le $maxLength) {
