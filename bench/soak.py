@@ -19,6 +19,7 @@ from bench.soak_backlog import RSS_TARGET_MB, BacklogConfig, backlog
 from bench.soak_crash import CrashConfig, crash_soak
 from bench.soak_faults import FaultConfig, fault_matrix
 from bench.soak_hostile import HostileConfig, hostile
+from bench.soak_sharing import SharingConfig, sharing
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SoakProfile:
     crash_feedback: CrashConfig | None
     hostile: HostileConfig = field(default_factory=HostileConfig)
     backlog: BacklogConfig = field(default_factory=BacklogConfig)
+    sharing: SharingConfig = field(default_factory=SharingConfig)
 
 
 PROFILES: dict[str, SoakProfile] = {
@@ -37,6 +39,7 @@ PROFILES: dict[str, SoakProfile] = {
         crash_feedback=None,
         hostile=HostileConfig(jobs_per_wave=2),
         backlog=BacklogConfig(files=300),
+        sharing=SharingConfig(hosts=2, jobs_per_host=5, max_duration_s=3.0),
     ),
     "quick": SoakProfile(
         faults=FaultConfig(hosts_per_fault=2, jobs_per_host=3, fault_s=20.0),
@@ -157,6 +160,12 @@ def print_tables(doc: dict[str, Any]) -> None:
             ],
         )
     )
+    s = doc["sharing"]
+    print(
+        f"Final writes broken by a poll's read (interval {s['interval_s']} s, read handle "
+        f"modelled open {s['read_hold_ms']} ms): {s['writes_failed']} of {s['jobs']} jobs "
+        f"({s['lost']} reported lost)"
+    )
 
 
 def failures(doc: dict[str, Any]) -> list[str]:
@@ -179,6 +188,9 @@ def failures(doc: dict[str, Any]) -> list[str]:
             f"hostile: {h['bad_name_events']} bad-name events, {h['normal_lost']} normal jobs "
             f"lost, source alive {h['source_alive_at_end']}"
         )
+    s = doc["sharing"]
+    if s["reported"] != s["jobs"]:
+        found.append(f"sharing: {s['jobs'] - s['reported']} jobs never reported")
     b = doc["backlog"]
     if not b["complete_after_restart"] or b["pipelines_over_quota"]:
         found.append(
@@ -217,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["crash_feedback"] = crash_soak(workdir / "crash-fb", profile.crash_feedback)
         doc["hostile"] = hostile(workdir / "hostile", profile.hostile)
         doc["backlog"] = backlog(workdir / "backlog", profile.backlog)
+        doc["sharing"] = sharing(workdir / "sharing", profile.sharing)
         problems = failures(doc)
         doc["problems"] = problems
         print_tables(doc)

@@ -82,6 +82,10 @@ class JobSpec:
             raise ValueError("durations must not be negative")
 
 
+class _WriteFailedError(Exception):
+    """The watchdog's final write met a reader's handle."""
+
+
 class ScriptedJob:
     """One job's life; read its fields from any thread, change it only on the host's loop."""
 
@@ -188,16 +192,32 @@ class ScriptedJob:
                 record = jobfiles.final_record(
                     self.initial, self.module_result(self.host.now_ms()), self.generation
                 )
-            if self.generation != "2.19-pwsh7" and self.host.reader_holds(self.results_file):
+            control = self.spec.write or WriteControl()
+            opens = 0
+
+            def write(data: bytes) -> None:
+                # Set-Content opens the file twice (truncate, then the writer), each time
+                # sharing only Write on 5.1: either open fails while a reader holds the file
+                nonlocal opens
+                if (
+                    opens < 2
+                    and self.generation != "2.19-pwsh7"
+                    and self.host.reader_holds(self.results_file)
+                ):
+                    raise _WriteFailedError
+                opens += 1
+                self._write(data)
+
+            try:
+                await jobfiles.write_nonatomic(
+                    write,
+                    jobfiles.encode_final(record, self.generation),
+                    between=self._between,
+                    partial_fraction=control.partial_fraction,
+                )
+            except _WriteFailedError:
                 self._write_failed()
                 return
-            control = self.spec.write or WriteControl()
-            await jobfiles.write_nonatomic(
-                self._write,
-                jobfiles.encode_final(record, self.generation),
-                between=self._between,
-                partial_fraction=control.partial_fraction,
-            )
             self.final = record
             self.host.kill_process(self.watchdog_pid)
             self._end("done")
@@ -209,8 +229,9 @@ class ScriptedJob:
 
     def _write_failed(self) -> None:
         """The watchdog's final Set-Content failed on a reader's handle: the file keeps its
-        running content and the watchdog exits (2.15-2.18 leave an error file in %TEMP%; in
-        2.19 the exception escapes its finally block)."""
+        running content (or is left empty, when the writer's open failed after the truncation)
+        and the watchdog exits (2.15-2.18 leave an error file in %TEMP%; in 2.19 the exception
+        escapes its finally block)."""
         message = SHARING_VIOLATION.format(path=self.results_file)
         if jobfiles.is_legacy(self.generation):
             temp = self.host.to_local(self.host.expand(r"%TEMP%"))

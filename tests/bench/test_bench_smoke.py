@@ -107,3 +107,4 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert backlog["complete_after_restart"], backlog
     assert backlog["missing"] == 0 and backlog["pipelines_over_quota"] == 0, backlog
     assert backlog["emitted_before_restart"] < backlog["files"], backlog
+    assert doc["sharing"]["reported"] == doc["sharing"]["jobs"], doc["sharing"]

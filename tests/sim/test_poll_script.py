@@ -462,3 +462,11 @@ async def test_the_final_write_fails_while_a_poll_holds_the_file(host: SimHost) 
     assert (temp / f"ansible-async-watchdog-error-{old}.txt").exists()
     # pwsh 7's writer is not modelled as failing
     assert host.job(new).phase == "done"
+
+
+async def test_a_pid_past_int32_never_breaks_the_poll(host: SimHost) -> None:
+    """Old behaviour: `[int]$value` threw for 2147483648 and every poll of the host failed."""
+    answer = await poll(host, pids=[2**31, 2**32 + 4, host.session_pid])
+    assert answer["procs"][str(2**31)] is None
+    assert answer["procs"][str(2**32 + 4)] is None
+    assert answer["procs"][str(host.session_pid)] is not None

@@ -162,3 +162,12 @@ def test_deferred_files_are_present_unread_and_never_vanish() -> None:
     assert t.apply(second) == []
     assert t.record_of(JID) is not None
     assert t.counts() == (2, 1)
+
+
+def test_a_watchdog_pid_past_int32_is_never_asked_for() -> None:
+    t = HostTracker("win01")
+    huge = json.dumps(
+        {"started": 1, "finished": 0, "ansible_job_id": JID, "ansible_async_watchdog_pid": 2**31}
+    ).encode()
+    assert statuses(t.apply(snap(entry(huge, 2_000)))) == [Status.RUNNING]
+    assert t.request(DIR, 1024).pids == []

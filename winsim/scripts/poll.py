@@ -162,14 +162,14 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _to_int(value: Any) -> int:
-    """``[int]$value``: rounds half to even, fails outside Int32."""
+def _to_long(value: Any) -> int:
+    """``[long]$value``: rounds half to even, fails outside Int64."""
     try:
         number = round(float(value)) if not isinstance(value, int) else value
     except (TypeError, ValueError) as exc:
-        raise PollScriptError(f'Cannot convert value "{value}" to type "System.Int32".') from exc
-    if isinstance(value, bool) or not -(2**31) <= number <= INT32_MAX:
-        raise PollScriptError(f'Cannot convert value "{value}" to type "System.Int32".')
+        raise PollScriptError(f'Cannot convert value "{value}" to type "System.Int64".') from exc
+    if isinstance(value, bool) or not -(2**63) <= number < 2**63:
+        raise PollScriptError(f'Cannot convert value "{value}" to type "System.Int64".')
     return int(number)
 
 
@@ -208,8 +208,8 @@ def poll(
     # 1. processes first (see the spec: never "dead with an unfinished file" by a race)
     procs: dict[str, int | None] = {}
     for value in _as_list(_from_json(pids, "Pids")):
-        pid = _to_int(value)
-        procs[str(pid)] = host.process_start_ms(pid)
+        pid = _to_long(value)
+        procs[str(pid)] = host.process_start_ms(pid) if 0 <= pid <= INT32_MAX else None
 
     # 2. list, 3. read new or changed, 4. gone
     expanded = host.expand(async_dir)

@@ -190,7 +190,11 @@ def _is_timeout(data: Mapping[str, Any]) -> bool:
     return False
 
 
+# Process.GetProcessById takes an Int32: a larger "pid" cannot be checked on the host
+_MAX_PID = 2**31 - 1
+
+
 def _pid(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_PID:
         return value
     return None

@@ -147,13 +147,16 @@ foreach ($name in (ConvertFrom-Json -InputObject $Only)) {
 
 # 1. Processes first: a watchdog that writes its result and exits after this is then read finished.
 $procs = @{}
+# A pid past Int32 (GetProcessById takes an int) is no process this host can run: null.
 foreach ($value in (ConvertFrom-Json -InputObject $Pids)) {
-    $id = [int]$value
+    $id = [long]$value
     $process = $null
-    try {
-        $process = [Diagnostics.Process]::GetProcessById($id)
-    } catch {
-        $process = $null
+    if ($id -ge 0 -and $id -le [int]::MaxValue) {
+        try {
+            $process = [Diagnostics.Process]::GetProcessById([int]$id)
+        } catch {
+            $process = $null
+        }
     }
     if ($null -eq $process) {
         $procs[[string]$id] = $null
