@@ -44,10 +44,17 @@ def write_backlog(
             "stderr": "",
             **({"failed": True, "msg": "non-zero return code"} if failed else {}),
         }
-        empty = len(encode_final(final_record(initial, result, generation), generation))
+        empty = len(
+            encode_final(
+                final_record(initial, result, generation), generation, codepage=host.ansi_encoding
+            )
+        )
         result["stdout"] = "o" * max(0, file_bytes - empty)
         host.write_file(
-            local_dir / name, encode_final(final_record(initial, result, generation), generation)
+            local_dir / name,
+            encode_final(
+                final_record(initial, result, generation), generation, codepage=host.ansi_encoding
+            ),
         )
         names.append(name)
     return names

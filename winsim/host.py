@@ -107,6 +107,9 @@ class SimHost:
         # the remote session's $ExecutionContext.SessionState.LanguageMode: ConstrainedLanguage
         # under App Control for Business or AppLocker script enforcement
         self.language_mode: LanguageMode = "FullLanguage"
+        # the system ANSI code page ([Text.Encoding]::Default on 5.1), which Set-Content without
+        # -Encoding writes: 1252 in Western Europe and the US, 1251 Cyrillic, 932 Japanese
+        self.ansi_codepage = 1252
         # how long a read keeps its handle open on a job file (a model: the poll reads in one
         # pre-sized read), and the open handles: folded Windows path -> loop time they close
         self.read_hold_s = 0.0
@@ -154,6 +157,11 @@ class SimHost:
     @property
     def ps_edition(self) -> PsEdition:
         return "7" if self.generation == "2.19-pwsh7" else "5.1"
+
+    @property
+    def ansi_encoding(self) -> str:
+        """The Python codec of the host's ANSI code page."""
+        return f"cp{self.ansi_codepage}"
 
     @property
     def userprofile(self) -> str:

@@ -106,17 +106,22 @@ def timeout_record(initial: Mapping[str, Any], generation: Generation) -> dict[s
     return record
 
 
-def encode_initial(record: Mapping[str, Any], generation: Generation) -> bytes:
+def encode_initial(
+    record: Mapping[str, Any], generation: Generation, *, codepage: str = ANSI_CODEPAGE
+) -> bytes:
+    """``codepage``: the host's ANSI code page, which Set-Content uses on 5.1 (2.15-2.18)."""
     text = convert_to_json(record, edition=_edition(generation))
     if is_legacy(generation):
-        return text.encode(ANSI_CODEPAGE, errors="replace") + CRLF
+        return text.encode(codepage, errors="replace") + CRLF
     return text.encode("utf-8")
 
 
-def encode_final(record: Mapping[str, Any], generation: Generation) -> bytes:
+def encode_final(
+    record: Mapping[str, Any], generation: Generation, *, codepage: str = ANSI_CODEPAGE
+) -> bytes:
     text = convert_to_json(record, edition=_edition(generation))
     if is_legacy(generation):
-        return text.encode(ANSI_CODEPAGE, errors="replace") + CRLF
+        return text.encode(codepage, errors="replace") + CRLF
     body = text.encode("utf-8") + CRLF
     return UTF8_BOM + body if generation == "2.19-ps51" else body
 

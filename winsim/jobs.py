@@ -116,7 +116,9 @@ class ScriptedJob:
 
     @property
     def initial_bytes(self) -> bytes:
-        return jobfiles.encode_initial(self.initial, self.generation)
+        return jobfiles.encode_initial(
+            self.initial, self.generation, codepage=self.host.ansi_encoding
+        )
 
     def is_locked_for(self, win_path_folded: str) -> bool:
         return (
@@ -211,7 +213,9 @@ class ScriptedJob:
             try:
                 await jobfiles.write_nonatomic(
                     write,
-                    jobfiles.encode_final(record, self.generation),
+                    jobfiles.encode_final(
+                        record, self.generation, codepage=self.host.ansi_encoding
+                    ),
                     between=self._between,
                     partial_fraction=control.partial_fraction,
                 )

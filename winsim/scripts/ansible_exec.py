@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from winsim.api import PipelineRequest, PipelineResult
-from winsim.jobfiles import ANSI_CODEPAGE, UTF8_BOM, convert_to_json
+from winsim.jobfiles import UTF8_BOM, convert_to_json
 from winsim.jobs import JobSpec, Outcome, start
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def _read_text(host: SimHost, data: bytes) -> str:
         return data[len(UTF8_BOM) :].decode("utf-8", errors="replace")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16", errors="replace")
-    encoding = "utf-8" if host.ps_edition == "7" else ANSI_CODEPAGE
+    encoding = "utf-8" if host.ps_edition == "7" else host.ansi_encoding
     return data.decode(encoding, errors="replace")
 
 

@@ -282,6 +282,8 @@ def poll(
         "exists": exists,
         "now_ms": now_ms,
         "boot_ms": boot_ms,
+        # [Text.Encoding]::Default: the ANSI code page on 5.1, UTF-8 (65001) on 7
+        "ansi_cp": 65001 if host.ps_edition == "7" else host.ansi_codepage,
         "files": files,
         "gone": gone,
         "deferred": deferred,

@@ -94,6 +94,19 @@ class JobRecord:
         return Status.FINISHED
 
 
+def ansi_encoding(codepage: int | None) -> str:
+    """The codec of a Windows ANSI code page the host reported; cp1252 when unknown, UTF-8
+    (65001, pwsh 7's default), or a code page Python has no codec for."""
+    if codepage is None or codepage == 65001:
+        return DEFAULT_ANSI_ENCODING
+    name = f"cp{codepage}"
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return DEFAULT_ANSI_ENCODING
+    return name
+
+
 def decode_job_text(raw: bytes, *, ansi_encoding: str = DEFAULT_ANSI_ENCODING) -> str:
     """The text of a job file, whichever writer and PowerShell wrote it."""
     data = bytes(raw)

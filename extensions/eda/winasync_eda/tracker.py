@@ -12,7 +12,7 @@ import logging
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from .classify import JobRecord, parse_job_file, parse_summary
+from .classify import DEFAULT_ANSI_ENCODING, JobRecord, ansi_encoding, parse_job_file, parse_summary
 from .model import Status
 from .transports.base import FileEntry, FileKey, PollRequest, Snapshot
 
@@ -64,6 +64,8 @@ class HostTracker:
         self.only = only
         self.lost_after_ms = lost_after_ms
         self.results_dir: str | None = None
+        # the codec of the host's ANSI code page, for 2.15-2.18 files (cp1252 until told)
+        self.ansi_encoding = DEFAULT_ANSI_ENCODING
         self._jobs: dict[str, _Job] = {}
         self._complete = False
 
@@ -115,6 +117,7 @@ class HostTracker:
     def apply(self, snap: Snapshot) -> list[Finding]:
         """Fold one snapshot in; return the statuses reached, in the order seen."""
         self.results_dir = snap.results_dir
+        self.ansi_encoding = ansi_encoding(snap.ansi_codepage)
         findings: list[Finding] = []
         gone = [n for n in snap.gone if n in self._jobs] if snap.exists else list(self._jobs)
         for name in gone:
@@ -161,7 +164,7 @@ class HostTracker:
             return None
         record: JobRecord | None
         if entry.content is not None:
-            record = parse_job_file(entry.content)
+            record = parse_job_file(entry.content, ansi_encoding=self.ansi_encoding)
         elif entry.summary is not None:
             record = parse_summary(entry.summary)
         else:

@@ -79,6 +79,8 @@ class Snapshot:
     gone: Sequence[str] = ()
     # pid -> process start in ms; -1: runs, start unknown; None: no such process
     procs: Mapping[int, int | None] = field(default_factory=dict)
+    # the host's ANSI code page (what Set-Content wrote on 5.1 in 2.15-2.18); None: unknown
+    ansi_codepage: int | None = None
     # job files present but left for the next polls (the answer's byte budget was spent)
     deferred: Sequence[str] = ()
 

@@ -282,6 +282,7 @@ $result = [ordered]@{
     exists   = $exists
     now_ms   = $nowMs
     boot_ms  = $bootMs
+    ansi_cp  = [Text.Encoding]::Default.CodePage
     files    = $files.ToArray()
     gone     = $gone.ToArray()
     deferred = $deferred.ToArray()

@@ -79,6 +79,7 @@ def parse_answer(output: Sequence[object]) -> Snapshot:
         gone=gone,
         procs={_parse_pid(key): _proc_value(value) for key, value in procs.items()},
         deferred=deferred,
+        ansi_codepage=_get_optional_int(data, "ansi_cp"),
     )
 
 
