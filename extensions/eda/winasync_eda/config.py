@@ -36,6 +36,8 @@ from typing import Any, Literal, cast
 from winasync_eda.inventory import InventoryError, connection_plugin, load_hosts
 from winasync_eda.model import DEFAULT_EMIT, Status, is_job_name
 from winasync_eda.secret import Secret
+from winasync_eda.shard import Shard, ShardError
+from winasync_eda.shard import parse as parse_shard
 
 SOURCE_NAME = "async_jobs"
 AUTHS = ("basic", "certificate", "credssp", "kerberos", "negotiate", "ntlm")
@@ -84,6 +86,7 @@ _SOURCE_KEYS = (
     "poll_timeout",
     "backoff_max",
     "auth_backoff",
+    "shard",
 )
 _KNOWN = frozenset(_SOURCE_KEYS + _HOST_DEFAULTS)
 # ansible-rulebook adds eda_feedback_queue; leave room for its other eda_* keys.
@@ -139,6 +142,10 @@ class SourceConfig:
     poll_timeout: float
     backoff_max: float
     auth_backoff: float
+    # this source's share of the hosts (already applied to ``hosts``); None: all of them
+    shard: Shard | None = None
+    # how many hosts the arguments named before the shard took its share
+    hosts_total: int = 0
 
 
 def parse_args(args: Mapping[str, Any]) -> SourceConfig:
@@ -597,6 +604,13 @@ def _poll_script(raw: Any, where: str) -> str:
     return path
 
 
+def _shard(raw: Any, where: str) -> Shard:
+    try:
+        return parse_shard(raw)
+    except ShardError as exc:
+        raise _error(where, str(exc)) from None
+
+
 def _at_least(minimum: int) -> Callable[[Any, str], int]:
     return lambda raw, where: _integer(raw, where, minimum)
 
@@ -646,8 +660,10 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
     poll_timeout = _optional(args, "poll_timeout", _seconds, 60.0)
     backoff_max = _optional(args, "backoff_max", _seconds, 300.0)
     auth_backoff = _optional(args, "auth_backoff", _seconds_or_zero, 900.0)
+    shard = _optional(args, "shard", _shard, None)
+    hosts = _hosts(args, secrets)
     return SourceConfig(
-        hosts=_hosts(args, secrets),
+        hosts=hosts if shard is None else tuple(h for h in hosts if shard.owns(h.name)),
         jids=jids,
         interval=interval,
         jitter=jitter,
@@ -665,4 +681,6 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
         poll_timeout=poll_timeout,
         backoff_max=backoff_max,
         auth_backoff=auth_backoff,
+        shard=shard,
+        hosts_total=len(hosts),
     )

@@ -96,6 +96,13 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         max_bytes=max(1024 * 1024, 4 * cfg.max_output_bytes),
         max_answer_bytes=cfg.max_answer_bytes,
     )
+    if cfg.shard is not None:
+        LOGGER.info(
+            "shard %s: %d of the %d hosts are this source's (rendezvous hashing on the name)",
+            cfg.shard,
+            len(slots),
+            cfg.hosts_total,
+        )
     LOGGER.info(
         "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",
         len(slots),

@@ -124,6 +124,12 @@ options:
       (App Control for Business, AppLocker) run it in FullLanguage when its signature is trusted.
       Unset, a host in Constrained Language Mode is reported C(unsupported).
     type: str
+  shard:
+    description: C("i/n") (1 <= i <= n) to split the hosts across n activations of this source
+      that differ only in i. Each keeps the hosts that rendezvous hashing on the inventory name
+      gives to shard i, so every host is watched by exactly one of them, and going from n to n+1
+      activations moves only about 1/(n+1) of the hosts. Unset, every host is watched.
+    type: str
   max_concurrency:
     description: Hosts polled at the same time.
     type: int
