@@ -121,6 +121,9 @@ class SimHost:
         self.memory_quota_mb = memory_quota_mb
         self.peak_working_set = 0
         self.quota_failures = 0
+        # poll pipelines waiting for a change now (watch mode), and the most at once
+        self.waiting_polls = 0
+        self.peak_waiting_polls = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         # called on the loop after a reboot: the protocol layer drops its shells, as the
         # real host's wsmprovhost processes die with it

@@ -62,6 +62,7 @@ def test_parameters_are_the_same_in_the_script_the_client_the_twin_and_the_doc()
         ("MsgChars", twin.MSG_CHARS),
         ("SummaryCost", twin.SUMMARY_COST),
         ("EntryCost", twin.ENTRY_COST),
+        ("WaitStepMs", twin.WAIT_STEP_MS),
     ],
 )
 def test_sizes_are_the_same(variable: str, value: int) -> None:
@@ -106,3 +107,12 @@ def test_async_dir_errors_say_the_same(message: str) -> None:
 def test_async_dir_patterns_are_the_same() -> None:
     assert f"$dir -match '{twin._UNEXPANDED_RE.pattern}'" in SCRIPT
     assert f"$dir -notmatch '{twin._ROOTED_RE.pattern}'" in SCRIPT
+
+
+def test_the_waiting_check_follows_the_same_name_filter() -> None:
+    """Test-HostChanged lists with the poll's own job name pattern and reads Seen only with Wait."""
+    body = re.search(r"function Test-HostChanged \{(.*?)\n\}", SCRIPT, re.S)
+    assert body, "Test-HostChanged"
+    assert f"-cnotmatch '{twin.JOB_NAME_RE.pattern}'" in body.group(1)
+    assert "$SeenProcs.ContainsKey($key)" in body.group(1)
+    assert "## Waiting: watch mode" in DOC

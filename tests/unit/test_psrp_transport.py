@@ -433,6 +433,16 @@ async def test_empty_request_sends_empty_json(host: FakeHost, transport: PsrpTra
     }
 
 
+async def test_a_waiting_request_sends_wait_and_seen(
+    host: FakeHost, transport: PsrpTransport
+) -> None:
+    await transport.poll(
+        PollRequest(async_dir="D:\\jobs", pids=[7, 9], wait_s=50.25, seen_procs={7: 1795, 9: None})
+    )
+    sent = dict(host.pipelines[0].parameters)
+    assert (sent["Wait"], sent["Seen"]) == ("50.250", '{"7":1795,"9":null}')
+
+
 async def test_wsman_gets_the_settings_and_the_revealed_password(host: FakeHost) -> None:
     transport = PsrpTransport(settings(protocol="http", auth="ntlm", operation_timeout=5))
     await transport.poll(REQUEST)
@@ -856,7 +866,8 @@ async def test_a_deployed_script_is_run_by_path_and_never_defined(host: FakeHost
         await transport.close()
     assert host.defines == []
     assert [ps.cmdlets for ps in host.pipelines] == [[(path, None)], [(path, None)]]
-    assert [name for name, _ in host.pipelines[0].parameters] == list(poll_wire.PARAMETER_NAMES)
+    # a plain poll sends neither Wait nor Seen: an older deployed copy keeps working
+    assert [name for name, _ in host.pipelines[0].parameters] == list(poll_wire.PARAMETER_NAMES[:6])
 
 
 async def test_a_constrained_language_host_is_unsupported_with_its_reason(

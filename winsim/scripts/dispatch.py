@@ -47,8 +47,8 @@ async def execute(host: SimHost, request: PipelineRequest) -> PipelineResult:
         if first.is_script and poll.is_define_script(first.text):
             return PipelineResult()
         if poll.is_poll_command(first) or (first.is_script and poll.is_poll_script(first.text)):
-            return poll.run_poll(host, first.named())
-        by_path = poll.run_script_file(host, first)
+            return await poll.run_poll(host, first.named())
+        by_path = await poll.run_script_file(host, first)
         if by_path is not None:
             return by_path
         payload = ansible_exec.parse_exec_payload(request)

@@ -11,6 +11,7 @@ a call of the function succeeds even on a pool that never ran the define script.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -35,13 +36,15 @@ FUNCTION = "Invoke-WinasyncPoll"
 # -cnotmatch in the script: case-sensitive
 JOB_NAME_RE = re.compile(r"^j[0-9]{1,12}\.[0-9]+$")
 # The parameters, in the script's param block order.
-PARAMETERS = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes", "MaxAnswer")
+PARAMETERS = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes", "MaxAnswer", "Wait", "Seen")
 # Sizes the script declares too ($HeadBytes ...): tests/unit/test_poll_twins.py compares them.
 HEAD_BYTES = 65536
 TAIL_BYTES = 65536
 MSG_CHARS = 2048
 SUMMARY_COST = 16384
 ENTRY_COST = 256
+# $WaitStepMs: a waiting poll checks the host this often
+WAIT_STEP_MS = 1000
 # Get-JobSummary: the scalar keys, then msg
 SUMMARY_FLAGS = ("started", "finished", "failed", "rc", "changed", "ansible_async_watchdog_pid")
 SUMMARY_KEYS = (*SUMMARY_FLAGS, "msg")
@@ -60,6 +63,7 @@ DIR_UNEXPANDED = (
 DIR_NOT_ROOTED = "winasync-eda-poll: the async dir '{dir}' is not an absolute path"
 DIR_DENIED = "winasync-eda-poll: access to the async dir '{dir}' is denied"
 DIR_UNLISTABLE = "winasync-eda-poll: the async dir '{dir}' cannot be listed: "
+_DECIMAL_RE = re.compile(r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)\s*$")
 _UNEXPANDED_RE = re.compile(r"%[^%\\]+%")
 _ROOTED_RE = re.compile(r"^([A-Za-z][:][\\/]|[\\/]{2})")
 # poll_working_set's model
@@ -91,7 +95,7 @@ def is_poll_command(command: Command) -> bool:
     return not command.is_script and command.text.strip().casefold() == FUNCTION.casefold()
 
 
-def run_script_file(host: SimHost, command: Command) -> PipelineResult | None:
+async def run_script_file(host: SimHost, command: Command) -> PipelineResult | None:
     """A script file invoked by path (``add_cmdlet('C:\\...\\poll.ps1')``): the poll when the
     file is the poll script, in the language mode its signature gives; None for other files."""
     path = command.text.strip()
@@ -107,20 +111,30 @@ def run_script_file(host: SimHost, command: Command) -> PipelineResult | None:
     text = local.read_bytes().decode("utf-8-sig", errors="replace")
     if not is_poll_script(text):
         return None
-    return run_poll(host, command.named(), host.script_language_mode(path, text))
+    return await run_poll(host, command.named(), host.script_language_mode(path, text))
 
 
-def run_poll(
+async def run_poll(
     host: SimHost, params: Mapping[str, Any], language_mode: str | None = None
 ) -> PipelineResult:
     """One poll pipeline: one JSON string out, or a failed pipeline like the script's throw.
 
     ``language_mode``: the mode the script runs in (a signed file run by path); None: the
-    session's own."""
+    session's own. With ``Wait`` it first waits for a change (``wait_for_change``); a stop
+    (the pipeline's task cancelled) ends the wait at once."""
     mode = language_mode or host.language_mode
     if mode != "FullLanguage":  # the script's first check, before any method call
         return PipelineResult.failure(UNSUPPORTED.format(mode=mode))
     try:
+        await wait_for_change(
+            host,
+            async_dir=_param(params, "AsyncDir"),
+            known=_param(params, "Known"),
+            pids=_param(params, "Pids"),
+            only=_param(params, "Only"),
+            wait=_param(params, "Wait"),
+            seen=_param(params, "Seen"),
+        )
         answer = poll(
             host,
             async_dir=_param(params, "AsyncDir"),
@@ -199,10 +213,7 @@ def poll(
     full = False
     read_bytes = 0
 
-    known_keys: dict[str, str] = {}
-    known_obj = _from_json(known, "Known")
-    if isinstance(known_obj, dict):
-        known_keys = {str(k): _ps_string(v) for k, v in known_obj.items()}
+    known_keys = _known_keys(known)
     only_names = {_ps_string(n) for n in _as_list(_from_json(only, "Only"))}
 
     # 1. processes first (see the spec: never "dead with an unfinished file" by a race)
@@ -291,6 +302,86 @@ def poll(
     }
     host.charge_memory(poll_working_set(read_bytes), "the poll")
     return answer
+
+
+async def wait_for_change(
+    host: SimHost, *, async_dir: str, known: str, pids: str, only: str, wait: str, seen: str
+) -> None:
+    """Step 0 of the script: with ``Wait`` > 0 s, return once the host differs from what the
+    client last saw (``Known``, ``Seen``), checking every ``WAIT_STEP_MS``, or when ``Wait``
+    runs out. Waits on the event loop, without a thread, so one process holds thousands."""
+    wait_ms = round(_parse_decimal(wait, "Wait") * 1000) if wait else 0
+    expanded = host.expand(async_dir)
+    if wait_ms <= 0 or _UNEXPANDED_RE.search(expanded) or not _ROOTED_RE.match(expanded):
+        return
+    known_keys = _known_keys(known)
+    only_names = {_ps_string(n) for n in _as_list(_from_json(only, "Only"))}
+    pid_list = [_to_long(v) for v in _as_list(_from_json(pids, "Pids"))]
+    seen_obj = _from_json(seen, "Seen") if seen else None
+    seen_procs = {str(k): v for k, v in seen_obj.items()} if isinstance(seen_obj, dict) else {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_ms / 1000
+    host.waiting_polls += 1
+    host.peak_waiting_polls = max(host.peak_waiting_polls, host.waiting_polls)
+    try:
+        while not host_changed(host, expanded, known_keys, only_names, pid_list, seen_procs):
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(WAIT_STEP_MS / 1000, left))
+    finally:
+        host.waiting_polls -= 1
+
+
+def host_changed(
+    host: SimHost,
+    expanded: str,
+    known_keys: Mapping[str, str],
+    only_names: set[str],
+    pid_list: list[int],
+    seen_procs: Mapping[str, Any],
+) -> bool:
+    """``Test-HostChanged``: a watchdog's state unlike ``Seen`` (or absent from it), or a job
+    file new, changed or gone against ``Known``; an unlistable directory counts as changed."""
+    for pid in pid_list:
+        key = str(pid)
+        if key not in seen_procs:
+            return True
+        state = host.process_start_ms(pid) if 0 <= pid <= INT32_MAX else None
+        before = seen_procs[key]
+        if (state is None) != (before is None) or (state is not None and state != _to_long(before)):
+            return True
+    try:
+        local = _async_dir(host, expanded)
+    except PollScriptError:
+        return True
+    matched = 0
+    for path in _list_files(local) if local is not None else []:
+        name = path.name
+        if not JOB_NAME_RE.match(name) or (only_names and name not in only_names):
+            continue
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if known_keys.get(name) != f"{st.st_size}:{st.st_mtime_ns // 1_000_000}":
+            return True
+        matched += 1
+    return matched != len(known_keys)
+
+
+def _parse_decimal(text: str, name: str) -> float:
+    """``[decimal]::Parse($x, InvariantCulture)``: digits with an optional point, no exponent."""
+    if not _DECIMAL_RE.match(text):
+        raise PollScriptError(f'Cannot convert {name} "{text}" to System.Decimal.')
+    return float(text.strip())
+
+
+def _known_keys(known: str) -> dict[str, str]:
+    known_obj = _from_json(known, "Known")
+    if isinstance(known_obj, dict):
+        return {str(k): _ps_string(v) for k, v in known_obj.items()}
+    return {}
 
 
 def poll_working_set(read_bytes: int) -> int:

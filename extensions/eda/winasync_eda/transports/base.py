@@ -48,6 +48,11 @@ class PollRequest:
     max_bytes: int = 1024 * 1024
     # the answer's byte budget: files past it are listed as deferred and read by the next polls
     max_answer_bytes: int = 4 * 1024 * 1024
+    # watch mode: the host waits up to this long for a change before it answers (0: at once)
+    wait_s: float = 0.0
+    # the watchdog states the client last saw (pid -> start ms, -1, or None: gone); with
+    # wait_s, a pid whose state differs (or is absent here) ends the wait
+    seen_procs: Mapping[int, int | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ param(
     [string]$Pids,
     [string]$Only,
     [string]$MaxBytes,
-    [string]$MaxAnswer
+    [string]$MaxAnswer,
+    [string]$Wait,
+    [string]$Seen
 )
 
 $ErrorActionPreference = 'Stop'
@@ -29,6 +31,7 @@ $TailBytes = 65536
 $MsgChars = 2048
 $SummaryCost = 16384
 $EntryCost = 256
+$WaitStepMs = 1000
 
 # ms since the Unix epoch, UTC; integer arithmetic (a double loses the last ms at today's ticks)
 function Get-EpochMs {
@@ -114,7 +117,70 @@ function Get-JobSummary {
     return $summary
 }
 
-$nowMs = Get-EpochMs -Time ([DateTime]::UtcNow)
+# A watchdog pid's process start (ms), -1 when it runs but its start is unreadable, $null when
+# no such process runs. A pid past Int32 (GetProcessById takes an int) is no process: $null.
+function Get-WatchdogStart {
+    param([long]$Id)
+    $process = $null
+    if ($Id -ge 0 -and $Id -le [int]::MaxValue) {
+        try {
+            $process = [Diagnostics.Process]::GetProcessById([int]$Id)
+        } catch {
+            $process = $null
+        }
+    }
+    if ($null -eq $process) {
+        return $null
+    }
+    try {
+        $startMs = Get-EpochMs -Time $process.StartTime.ToUniversalTime()
+    } catch {
+        $startMs = [long]-1
+    }
+    $process.Dispose()
+    return $startMs
+}
+
+# Whether the host differs from what the client last saw: a watchdog's state other than in
+# $SeenProcs (a pid missing there counts as changed), or a job file new, changed or gone against
+# $KnownKeys. A directory that cannot be listed counts as changed: the poll then says why.
+function Test-HostChanged {
+    param([string]$Dir, $KnownKeys, $OnlyNames, $PidList, $SeenProcs)
+    foreach ($id in $PidList) {
+        $key = [string]$id
+        if (-not $SeenProcs.ContainsKey($key)) {
+            return $true
+        }
+        $state = Get-WatchdogStart -Id $id
+        $before = $SeenProcs[$key]
+        if (($null -eq $state) -ne ($null -eq $before) -or ($null -ne $state -and [long]$state -ne [long]$before)) {
+            return $true
+        }
+    }
+    try {
+        $listed = ([IO.DirectoryInfo]::new($Dir)).GetFiles()
+    } catch [IO.DirectoryNotFoundException] {
+        $listed = @()
+    } catch {
+        return $true
+    }
+    $matched = 0
+    foreach ($file in $listed) {
+        $name = $file.Name
+        if ($name -cnotmatch '^j[0-9]{1,12}\.[0-9]+$') {
+            continue
+        }
+        if ($OnlyNames.Count -gt 0 -and -not $OnlyNames.Contains($name)) {
+            continue
+        }
+        $fileKey = [string]$file.Length + ':' + [string](Get-EpochMs -Time $file.LastWriteTimeUtc)
+        if (-not ($KnownKeys.ContainsKey($name) -and $KnownKeys[$name] -ceq $fileKey)) {
+            return $true
+        }
+        $matched += 1
+    }
+    return $matched -ne $KnownKeys.Count
+}
 
 # The boot time cannot change while this runspace lives (a reboot ends it): ask CIM once.
 if ($null -eq $global:WinAsyncEdaBootMs) {
@@ -145,30 +211,65 @@ foreach ($name in (ConvertFrom-Json -InputObject $Only)) {
     [void]$onlyNames.Add([string]$name)
 }
 
-# 1. Processes first: a watchdog that writes its result and exits after this is then read finished.
-$procs = @{}
-# A pid past Int32 (GetProcessById takes an int) is no process this host can run: null.
+$pidList = New-Object 'System.Collections.Generic.List[long]'
 foreach ($value in (ConvertFrom-Json -InputObject $Pids)) {
-    $id = [long]$value
-    $process = $null
-    if ($id -ge 0 -and $id -le [int]::MaxValue) {
-        try {
-            $process = [Diagnostics.Process]::GetProcessById([int]$id)
-        } catch {
-            $process = $null
+    $pidList.Add([long]$value)
+}
+
+# 0. Watch mode: with Wait > 0, wait until the host differs from what the client last saw, or
+# Wait seconds pass, checking about once a second (a FileSystemWatcher only wakes the check
+# sooner: changes between its waits are not lost, the check lists the directory itself). Then
+# answer as a poll does. Stopped meanwhile (Ctrl+C, the client closing), finally lets go.
+$waitMs = [long]0
+if ($Wait) {
+    $waitMs = [long][Math]::Round([decimal]::Parse($Wait, [Globalization.CultureInfo]::InvariantCulture) * 1000)
+}
+$waitDir = [Environment]::ExpandEnvironmentVariables($AsyncDir)
+# a dir the poll refuses (below) is refused at once, not after the wait
+if ($waitMs -gt 0 -and $waitDir -notmatch '%[^%\\]+%' -and $waitDir -match '^([A-Za-z][:][\\/]|[\\/]{2})') {
+    $seenProcs = @{}
+    if ($Seen) {
+        $seenObject = ConvertFrom-Json -InputObject $Seen
+        if ($null -ne $seenObject) {
+            foreach ($property in $seenObject.PSObject.Properties) {
+                $seenProcs[[string]$property.Name] = $property.Value
+            }
         }
     }
-    if ($null -eq $process) {
-        $procs[[string]$id] = $null
-        continue
-    }
+    $deadline = [DateTime]::UtcNow.AddMilliseconds($waitMs)
+    $watcher = $null
     try {
-        $startMs = Get-EpochMs -Time $process.StartTime.ToUniversalTime()
-    } catch {
-        $startMs = [long]-1
+        try {
+            $watcher = [IO.FileSystemWatcher]::new($waitDir)
+            $watcher.NotifyFilter = [IO.NotifyFilters]'FileName, LastWrite, Size'
+        } catch {
+            $watcher = $null
+        }
+        while (-not (Test-HostChanged -Dir $waitDir -KnownKeys $knownKeys -OnlyNames $onlyNames -PidList $pidList -SeenProcs $seenProcs)) {
+            $left = ($deadline - [DateTime]::UtcNow).TotalMilliseconds
+            if ($left -le 0) {
+                break
+            }
+            $step = [int][Math]::Min([double]$WaitStepMs, $left)
+            if ($null -ne $watcher) {
+                [void]$watcher.WaitForChanged([IO.WatcherChangeTypes]::All, $step)
+            } else {
+                Start-Sleep -Milliseconds $step
+            }
+        }
+    } finally {
+        if ($null -ne $watcher) {
+            $watcher.Dispose()
+        }
     }
-    $process.Dispose()
-    $procs[[string]$id] = $startMs
+}
+
+$nowMs = Get-EpochMs -Time ([DateTime]::UtcNow)
+
+# 1. Processes first: a watchdog that writes its result and exits after this is then read finished.
+$procs = @{}
+foreach ($id in $pidList) {
+    $procs[[string]$id] = Get-WatchdogStart -Id $id
 }
 
 # 2. List the job files; 3. read the new or changed ones; 4. report the known ones that are gone.

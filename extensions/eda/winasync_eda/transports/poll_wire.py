@@ -27,7 +27,16 @@ FUNCTION: Final = "Invoke-WinasyncPoll"
 DEFINE_SCRIPT: Final = f"{DEFINE_MARKER}\nfunction global:{FUNCTION} {{\n{POLL_SCRIPT}\n}}\n"
 # what the script throws, first thing, in a session whose language mode is not FullLanguage
 UNSUPPORTED_PREFIX: Final = "winasync-eda-poll: unsupported: "
-PARAMETER_NAMES: Final = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes", "MaxAnswer")
+PARAMETER_NAMES: Final = (
+    "AsyncDir",
+    "Known",
+    "Pids",
+    "Only",
+    "MaxBytes",
+    "MaxAnswer",
+    "Wait",
+    "Seen",
+)
 ANSWER_VERSION: Final = 1
 
 _T = TypeVar("_T")
@@ -44,9 +53,12 @@ def unsupported_reason(error_text: str) -> str | None:
 
 
 def build_parameters(request: PollRequest) -> dict[str, str]:
-    """The poll script's parameters, every one a string (never pasted into the script)."""
+    """The poll script's parameters, every one a string (never pasted into the script).
+
+    ``Wait`` and ``Seen`` go only with a waiting poll: a plain poll stays what it was, and a
+    deployed copy of an older script (``poll_script``) keeps working in poll mode."""
     known = {name: key.encode() for name, key in request.known.items()}
-    return {
+    parameters = {
         "AsyncDir": request.async_dir,
         "Known": json.dumps(known, separators=(",", ":")),
         "Pids": json.dumps([int(pid) for pid in request.pids], separators=(",", ":")),
@@ -54,6 +66,15 @@ def build_parameters(request: PollRequest) -> dict[str, str]:
         "MaxBytes": str(int(request.max_bytes)),
         "MaxAnswer": str(int(request.max_answer_bytes)),
     }
+    wait_ms = round(request.wait_s * 1000)
+    if wait_ms > 0:
+        # a decimal number of seconds, whole milliseconds, never an exponent
+        parameters["Wait"] = f"{wait_ms // 1000}.{wait_ms % 1000:03d}"
+        parameters["Seen"] = json.dumps(
+            {str(int(pid)): start for pid, start in request.seen_procs.items()},
+            separators=(",", ":"),
+        )
+    return parameters
 
 
 def parse_answer(output: Sequence[object]) -> Snapshot:

@@ -40,7 +40,6 @@ from .base import AuthenticationFailed, HostUnsupported, PollRequest, Snapshot, 
 from .poll_wire import (
     DEFINE_SCRIPT,
     FUNCTION,
-    PARAMETER_NAMES,
     BadAnswerError,
     build_parameters,
     parse_answer,
@@ -180,8 +179,8 @@ class PsrpTransport:
         # poll fails, the pool is discarded, and the next poll opens a new pool and defines it.
         ps = PowerShell(pool)
         ps.add_cmdlet(self.poll_script or FUNCTION)
-        for name in PARAMETER_NAMES:
-            ps.add_parameter(name, parameters[name])
+        for name, value in parameters.items():  # in PARAMETER_NAMES order
+            ps.add_parameter(name, value)
         output = self._run(ps, deadline)
         snapshot = parse_answer(output)
         try:
