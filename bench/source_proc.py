@@ -8,7 +8,7 @@ half a line behind in practice:
 
 - ``{"kind": "start", "t": ..., "pid": ...}``
 - ``{"kind": "event", "t": <arrival, epoch s>, "event": {...}}`` as the queue hands it over
-- ``{"kind": "stats", "t": ..., "cpu_s": ..., "rss_kb": ...}`` once a second
+- ``{"kind": "stats", "t": ..., "cpu_s": ..., "rss_kb": ..., "threads": ...}`` once a second
 - ``{"kind": "exit", "t": ..., "cpu_s": ..., "rss_kb": ..., "maxrss_kb": ..., "error": ...}``
   after SIGTERM (the source is cancelled as ansible-rulebook would) or a crash of the source.
 
@@ -27,6 +27,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -58,6 +59,11 @@ def rss_kb() -> int:
             return int(fh.read().split()[1]) * _PAGE_KB
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def threads() -> int:
+    """Threads of this process now."""
+    return threading.active_count()
 
 
 def cpu_s() -> float:
@@ -92,7 +98,7 @@ async def _consume(
 
 async def _stats(out: Writer) -> None:
     while True:
-        out.line("stats", cpu_s=cpu_s(), rss_kb=rss_kb())
+        out.line("stats", cpu_s=cpu_s(), rss_kb=rss_kb(), threads=threads())
         await asyncio.sleep(STATS_PERIOD_S)
 
 

@@ -157,6 +157,7 @@ async def serve(args: argparse.Namespace) -> int:
                 generation=args.generation,
                 memory_quota_mb=args.memory_quota_mb,
             )
+            host.max_shells_per_user = args.max_shells_per_user
             host.attach_loop(loop)
             password = secrets.token_urlsafe(18)
             port = args.base_port + index - 1 if args.base_port else 0
@@ -303,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_MEMORY_QUOTA_MB,
         help="WinRS MaxMemoryPerShellMB of each host (0: no limit)",
+    )
+    serve_p.add_argument(
+        "--max-shells-per-user",
+        type=int,
+        default=30,
+        help="WinRS MaxShellsPerUser of each host (0: no limit)",
     )
     serve_p.add_argument("--stop-after", type=float, default=0.0, help="seconds, 0: never")
     serve_p.set_defaults(func=None)

@@ -121,6 +121,14 @@ class SimHost:
         self.memory_quota_mb = memory_quota_mb
         self.peak_working_set = 0
         self.quota_failures = 0
+        # WinRM quotas (defaults of Windows Server): shells one user may hold (WinRS 30, the
+        # PowerShell endpoint 25: the stricter applies, but 30 is what `winrm get` shows), the
+        # cap on a request's OperationTimeout (MaxTimeoutms), and the shortest idle timeout a
+        # client may ask for (the endpoint's minimum; lowered only by tests of the reaping)
+        self.max_shells_per_user = 30
+        self.max_timeout_s = 60.0
+        self.min_idle_timeout_s = 60.0
+        self.max_idle_timeout_s = 7200.0
         # poll pipelines waiting for a change now (watch mode), and the most at once
         self.waiting_polls = 0
         self.peak_waiting_polls = 0

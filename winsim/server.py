@@ -39,6 +39,8 @@ from winsim.wsman import (
 log = logging.getLogger(__name__)
 
 _MAX_BODY = 16 * 1024 * 1024
+# how often shells idle past their timeout are closed (WinRM's own sweep is not documented)
+REAP_PERIOD_S = 1.0
 
 
 @dataclass(eq=False)
@@ -115,6 +117,7 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -132,9 +135,20 @@ class SimServer:
             shutdown_timeout=self._shutdown_timeout,
         )
         await self._runner.setup()
+        self._reaper = asyncio.create_task(self._reap_idle_shells(), name="winsim-reaper")
+
+    async def _reap_idle_shells(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_PERIOD_S)
+            for endpoint in list(self._endpoints.values()):
+                endpoint.service.reap_idle()
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
         tasks: list[asyncio.Task[None]] = []
         for endpoint in self._endpoints.values():
             endpoint.faults.on_listen_change = None

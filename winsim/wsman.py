@@ -13,6 +13,7 @@ import base64
 import binascii
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ ERROR_OPERATION_TIMEDOUT = 0x80338029  # pypsrp retries a Receive on it
 ERROR_SHELL_NOT_FOUND = 0x8033805B  # unknown ShellId
 ERROR_INVALID_PARAMETER = 0x80070057
 ERROR_NOT_SUPPORTED = 0x80004001
+# "This user is allowed a maximum number of N concurrent shells, which has been exceeded."
+ERROR_QUOTA_MAX_SHELLS = 0x803381A6
 
 _T_ACTION = f"{{{NS_WSA}}}Action"
 _T_MESSAGE_ID = f"{{{NS_WSA}}}MessageID"
@@ -157,13 +160,44 @@ class WSManService:
         self._owner = owner
         self._executor = executor
         self._shells: dict[str, PsrpShell] = {}
+        # per shell: its idle timeout, when a request last touched it, requests in progress
+        self._life: dict[str, _ShellLife] = {}
 
     @property
     def open_shells(self) -> int:
         return len(self._shells)
 
+    def _quota(self, name: str, default: float) -> float:
+        return float(getattr(self.host, name, default))
+
+    def reap_idle(self) -> int:
+        """Close the shells idle past their timeout, as WinRM does; returns how many. On the
+        server's loop (the SimServer sweeps every second, and before each request).
+
+        Idle time counts from the end of the last request on the shell: a parked Receive keeps
+        it alive, a running pipeline alone does not (MS-WSMV 2.2.4.42)."""
+        now = time.monotonic()
+        idle = [
+            shell_id
+            for shell_id, life in self._life.items()
+            if life.busy == 0 and now - life.last > life.idle_s
+        ]
+        for shell_id in idle:
+            log.info(
+                "%s: shell %s idle for %.0f s: closed",
+                self.machine,
+                shell_id,
+                now - self._life[shell_id].last,
+            )
+            self.forget_shell(shell_id)
+        return len(idle)
+
     def shell_ids(self) -> list[str]:
         return list(self._shells)
+
+    def idle_timeouts(self) -> list[float]:
+        """The idle timeout (s) each open shell was given at its Create."""
+        return [life.idle_s for life in self._life.values()]
 
     def fault(self, req_message_id: str, error: WSManError) -> WSManReply:
         body = fault_envelope(
@@ -172,6 +206,18 @@ class WSManService:
         return WSManReply(500, body)
 
     async def handle(self, req: WSManRequest, *, client_ip: str = "") -> WSManReply:
+        self.reap_idle()
+        life = self._life.get((req.shell_id or "").upper())
+        if life is not None:
+            life.busy += 1
+        try:
+            return await self._handle(req, client_ip)
+        finally:
+            if life is not None:
+                life.busy -= 1
+                life.last = time.monotonic()
+
+    async def _handle(self, req: WSManRequest, client_ip: str) -> WSManReply:
         try:
             handler = _HANDLERS.get(req.action)
             if handler is None:
@@ -200,6 +246,7 @@ class WSManService:
     def forget_shell(self, shell_id: str) -> list[asyncio.Task[None]]:
         """Drop a shell as if the host lost it (the client is not told)."""
         shell = self._shells.pop(shell_id.upper(), None)
+        self._life.pop(shell_id.upper(), None)
         return shell.close() if shell is not None else []
 
     def break_shell(self, shell_id: str) -> None:
@@ -213,6 +260,7 @@ class WSManService:
         for shell in self._shells.values():
             tasks.extend(shell.close())
         self._shells.clear()
+        self._life.clear()
         return tasks
 
     # --- actions -------------------------------------------------------------------------
@@ -225,9 +273,24 @@ class WSManService:
         shell_id = (shell_el.get("ShellId") or str(uuid.uuid4())).upper()
         if shell_id in self._shells:
             raise WSManError(ERROR_INVALID_PARAMETER, f"shell {shell_id} already exists")
+        limit = int(self._quota("max_shells_per_user", 30))
+        if limit and len(self._shells) >= limit:
+            raise WSManError(
+                ERROR_QUOTA_MAX_SHELLS,
+                "The WS-Management service cannot process the request. This user is allowed a "
+                f"maximum number of {limit} concurrent shells, which has been exceeded. Close "
+                "existing shells or raise the quota for this user.",
+                "w:QuotaLimit",
+            )
+        asked = _seconds(shell_el.findtext(f"{{{NS_RSP}}}IdleTimeOut"))
+        idle_s = min(
+            max(asked if asked is not None else 7200.0, self._quota("min_idle_timeout_s", 60.0)),
+            self._quota("max_idle_timeout_s", 7200.0),
+        )
         shell = PsrpShell(shell_id, self.host, self._executor)
         shell.open(_b64(creation))
         self._shells[shell_id] = shell
+        self._life[shell_id] = _ShellLife(idle_s, time.monotonic())
         resource = escape(req.resource_uri)
         return (
             f"<x:ResourceCreated><a:Address>{ANONYMOUS}</a:Address><a:ReferenceParameters>"
@@ -238,7 +301,7 @@ class WSManService:
             f"<rsp:ResourceUri>{resource}</rsp:ResourceUri>"
             f"<rsp:Owner>{escape(self._owner)}</rsp:Owner>"
             f"<rsp:ClientIP>{escape(client_ip)}</rsp:ClientIP>"
-            "<rsp:IdleTimeOut>PT7200.000S</rsp:IdleTimeOut>"
+            f"<rsp:IdleTimeOut>PT{idle_s:.3f}S</rsp:IdleTimeOut>"
             "<rsp:InputStreams>stdin pr</rsp:InputStreams>"
             "<rsp:OutputStreams>stdout</rsp:OutputStreams></rsp:Shell>"
         )
@@ -272,6 +335,8 @@ class WSManService:
             self.forget_shell(shell.id)
             return _receive_body(data, attr, COMMAND_DONE if command_id else None)
         timeout = req.operation_timeout if req.operation_timeout is not None else 20.0
+        # an OperationTimeout above MaxTimeoutms is capped to it, not refused (MS-WSMV 3.1.4.1.6)
+        timeout = min(timeout, self._quota("max_timeout_s", 60.0))
         # what fits in the client's MaxEnvelopeSize once base64-encoded, less the SOAP around it
         limit = (req.max_envelope or 153600) * 3 // 4 - 4096
         got = await shell.receive(command_id, max(timeout - 0.25, 0.0), limit, req.message_id)
@@ -315,6 +380,13 @@ class WSManService:
         for task in self.forget_shell(shell.id):
             await asyncio.gather(task, return_exceptions=True)
         return ""
+
+
+@dataclass
+class _ShellLife:
+    idle_s: float
+    last: float
+    busy: int = 0
 
 
 def _receive_body(data: bytes, attr: str, state: str | None) -> str:

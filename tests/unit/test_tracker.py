@@ -171,3 +171,30 @@ def test_a_watchdog_pid_past_int32_is_never_asked_for() -> None:
     ).encode()
     assert statuses(t.apply(snap(entry(huge, 2_000)))) == [Status.RUNNING]
     assert t.request(DIR, 1024).pids == []
+
+
+def test_a_waiting_request_carries_the_watchdog_states_last_seen() -> None:
+    t = HostTracker("win01")
+    t.apply(snap(entry(RUNNING, 2_000)))
+    # no state yet for pid 77: the host answers such a poll at once
+    assert t.request(DIR, 1024, wait_s=50).seen_procs == {}
+    t.apply(snap(procs={77: 1_000}))
+    req = t.request(DIR, 1024, wait_s=50)
+    assert (req.wait_s, req.seen_procs) == (50, {77: 1_000})
+    # a plain poll sends none
+    assert t.request(DIR, 1024).seen_procs == {}
+
+
+def test_settled_only_when_nothing_waits_for_a_second_look() -> None:
+    t = HostTracker("win01")
+    assert not t.settled  # before the first answer
+    t.apply(snap(entry(RUNNING, 2_000)))
+    assert t.settled
+    t.apply(snap(procs={77: None}))  # gone once: the confirming poll must not wait
+    assert not t.settled
+    for _ in range(DEAD_CONFIRMATIONS):
+        t.apply(snap(procs={77: None}))
+    assert t.settled  # reported lost: nothing left to confirm
+    u = HostTracker("win02")
+    u.apply(snap(entry(b'{"started": 1, "fin', 2_000)))  # half-written: read again at once
+    assert not u.settled

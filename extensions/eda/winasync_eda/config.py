@@ -44,6 +44,14 @@ AUTHS = ("basic", "certificate", "credssp", "kerberos", "negotiate", "ntlm")
 PSRP_ASYNC_DIR = "%USERPROFILE%\\.ansible_async"
 LOCAL_ASYNC_DIR = "~/.ansible_async"
 
+# A waiting poll's wait, and how far the WS-Management OperationTimeout of its parked Receive
+# and the HTTP read timeout are set above it by default. WinRM caps an OperationTimeout at its
+# MaxTimeoutms (60 s by default): watch_wait + margin stays within it.
+WATCH_WAIT_S = 50.0
+WATCH_MAX_TIMEOUT_S = 60.0
+WATCH_OPERATION_MARGIN_S = 5.0
+WATCH_READ_MARGIN_S = 10.0
+
 _NEEDS_PASSWORD = frozenset({"basic", "credssp", "negotiate", "ntlm"})
 _TRUE = frozenset({"y", "yes", "on", "1", "true", "t"})
 _FALSE = frozenset({"n", "no", "off", "0", "false", "f"})
@@ -87,6 +95,8 @@ _SOURCE_KEYS = (
     "backoff_max",
     "auth_backoff",
     "shard",
+    "mode",
+    "watch_wait",
 )
 _KNOWN = frozenset(_SOURCE_KEYS + _HOST_DEFAULTS)
 # ansible-rulebook adds eda_feedback_queue; leave room for its other eda_* keys.
@@ -146,6 +156,9 @@ class SourceConfig:
     shard: Shard | None = None
     # how many hosts the arguments named before the shard took its share
     hosts_total: int = 0
+    # watch: one waiting poll in flight per host (up to watch_wait s); poll: one every interval
+    mode: Literal["watch", "poll"] = "poll"
+    watch_wait: float = WATCH_WAIT_S
 
 
 def parse_args(args: Mapping[str, Any]) -> SourceConfig:
@@ -360,7 +373,9 @@ class _HostOrigin:
     password_hint: str  # where a missing password can be set
 
 
-def _build_host(name: str, merged: _Layer, origin: _HostOrigin) -> HostConfig:
+def _build_host(
+    name: str, merged: _Layer, origin: _HostOrigin, watch_wait: float | None = None
+) -> HostConfig:
     def get(key: str, default: Any = None) -> Any:
         return merged[key][0] if key in merged else default
 
@@ -372,8 +387,12 @@ def _build_host(name: str, merged: _Layer, origin: _HostOrigin) -> HostConfig:
     auth = get("auth", "negotiate")
     username = get("username")
     password = get("password")
-    read_timeout = get("read_timeout", 30.0)
-    operation_timeout = get("operation_timeout", 20.0)
+    if watch_wait is None:
+        operation_timeout = get("operation_timeout", 20.0)
+        read_timeout = get("read_timeout", 30.0)
+    else:  # the Receive parks on a waiting pipeline: both timeouts above the wait
+        operation_timeout = get("operation_timeout", watch_wait + WATCH_OPERATION_MARGIN_S)
+        read_timeout = get("read_timeout", operation_timeout + WATCH_READ_MARGIN_S)
     encryption: Literal["auto", "never"] = "auto"
 
     if connection == "psrp":
@@ -397,6 +416,16 @@ def _build_host(name: str, merged: _Layer, origin: _HostOrigin) -> HostConfig:
                 raise _error(
                     origin.label, f"auth {auth!r} needs a password ({origin.password_hint})"
                 )
+        if watch_wait is not None and operation_timeout <= watch_wait:
+            where = (
+                merged["operation_timeout"][1] if "operation_timeout" in merged else origin.label
+            )
+            raise _error(
+                where,
+                f"operation_timeout ({operation_timeout:g}) must be greater than watch_wait "
+                f"({watch_wait:g}) in watch mode: lower watch_wait, or raise it (at most the "
+                f"host's MaxTimeoutms, {WATCH_MAX_TIMEOUT_S:g} s by default)",
+            )
         if read_timeout <= operation_timeout:
             where = merged["read_timeout"][1] if "read_timeout" in merged else origin.label
             raise _error(
@@ -479,7 +508,9 @@ def _sources(raw: Any) -> list[str]:
     return [s.strip() for s in raw]
 
 
-def _hosts(args: Mapping[str, Any], secrets: list[str]) -> tuple[HostConfig, ...]:
+def _hosts(
+    args: Mapping[str, Any], secrets: list[str], watch_wait: float | None = None
+) -> tuple[HostConfig, ...]:
     defaults = _host_layer({k: args[k] for k in _HOST_DEFAULTS if k in args}, str, secrets)
     hosts: list[HostConfig] = []
     seen: dict[str, str] = {}
@@ -501,10 +532,10 @@ def _hosts(args: Mapping[str, Any], secrets: list[str]) -> tuple[HostConfig, ...
             f"set {prefix}.username or username",
             f"set {prefix}.password or password",
         )
-        add(_build_host(name, {**defaults, **own}, origin), prefix)
+        add(_build_host(name, {**defaults, **own}, origin, watch_wait), prefix)
 
     if "inventory" in args and args["inventory"] is not None:
-        for host in _inventory_hosts(args, defaults, secrets):
+        for host in _inventory_hosts(args, defaults, secrets, watch_wait):
             add(host, f"inventory host {host.name!r}")
     elif args.get("limit") is not None:
         raise _error("limit", "needs inventory (limit selects inventory hosts)")
@@ -515,7 +546,7 @@ def _hosts(args: Mapping[str, Any], secrets: list[str]) -> tuple[HostConfig, ...
 
 
 def _inventory_hosts(
-    args: Mapping[str, Any], defaults: _Layer, secrets: list[str]
+    args: Mapping[str, Any], defaults: _Layer, secrets: list[str], watch_wait: float | None
 ) -> list[HostConfig]:
     limit = args.get("limit")
     if limit is not None and (not isinstance(limit, str) or not limit.strip()):
@@ -537,7 +568,7 @@ def _inventory_hosts(
             "set ansible_user in the inventory or username",
             "set ansible_password in the inventory or password",
         )
-        hosts.append(_build_host(entry.name, {**defaults, **own}, origin))
+        hosts.append(_build_host(entry.name, {**defaults, **own}, origin, watch_wait))
     return hosts
 
 
@@ -611,6 +642,18 @@ def _shard(raw: Any, where: str) -> Shard:
         raise _error(where, str(exc)) from None
 
 
+def _watch_wait(raw: Any, where: str) -> float:
+    value = _seconds(raw, where)
+    limit = WATCH_MAX_TIMEOUT_S - WATCH_OPERATION_MARGIN_S
+    if not 1 <= value <= limit:
+        raise _error(
+            where,
+            f"must be from 1 to {limit:g} seconds (WinRM's MaxTimeoutms, {WATCH_MAX_TIMEOUT_S:g}"
+            f" s by default, less a {WATCH_OPERATION_MARGIN_S:g} s margin), got {_show(raw)}",
+        )
+    return value
+
+
 def _at_least(minimum: int) -> Callable[[Any, str], int]:
     return lambda raw, where: _integer(raw, where, minimum)
 
@@ -661,7 +704,9 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
     backoff_max = _optional(args, "backoff_max", _seconds, 300.0)
     auth_backoff = _optional(args, "auth_backoff", _seconds_or_zero, 900.0)
     shard = _optional(args, "shard", _shard, None)
-    hosts = _hosts(args, secrets)
+    mode = _optional(args, "mode", _choice(("watch", "poll"), "mode"), "poll")
+    watch_wait = _optional(args, "watch_wait", _watch_wait, WATCH_WAIT_S)
+    hosts = _hosts(args, secrets, watch_wait if mode == "watch" else None)
     return SourceConfig(
         hosts=hosts if shard is None else tuple(h for h in hosts if shard.owns(h.name)),
         jids=jids,
@@ -683,4 +728,6 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
         auth_backoff=auth_backoff,
         shard=shard,
         hosts_total=len(hosts),
+        mode=mode,
+        watch_wait=watch_wait,
     )

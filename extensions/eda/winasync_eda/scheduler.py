@@ -1,4 +1,5 @@
-"""When each host is polled: every ``interval`` seconds with jitter, at most N at once.
+"""When each host is polled: every ``interval`` seconds with jitter, at most N at once; or, in
+watch mode, continuously, each poll waiting on the host until something changes.
 
 Each host has its own loop, so an unreachable or slow host only delays itself. A failed poll is
 retried with exponential backoff (tenacity) capped at ``backoff_max``; an authentication failure
@@ -9,6 +10,7 @@ A host recovers by itself at its next successful poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -34,6 +36,9 @@ from .transports.base import (
 
 LOGGER = logging.getLogger(__name__)
 SUMMARY_MIN_PERIOD_S = 5.0
+# watch mode: a host is asked at most this often while its answers come back at once (jobs
+# starting, a file being written, a watchdog to confirm gone)
+WATCH_MIN_GAP_S = 1.0
 
 
 @dataclass
@@ -72,6 +77,8 @@ class Timing:
     max_bytes: int = 1024 * 1024
     # an answer's byte budget; files past it are deferred to the next polls, which follow at once
     max_answer_bytes: int = 4 * 1024 * 1024
+    # watch mode: each poll may wait this long on the host for a change; None: poll mode
+    watch_wait: float | None = None
 
 
 class Scheduler:
@@ -112,13 +119,27 @@ class Scheduler:
         )
         await asyncio.sleep(random.uniform(0, spread))  # noqa: S311 - jitter, not crypto
         while True:
+            started = time.monotonic()
             snap = await self._poll(slot)
             findings = slot.tracker.apply(snap)
             self._counts.events += await self.delivery.deliver(
                 slot.name, slot.async_dir, slot.tracker, findings
             )
             # a backlog left for later (the answer's byte budget was spent): read on at once
-            await asyncio.sleep(0 if snap.deferred else self._next_delay())
+            if snap.deferred:
+                await asyncio.sleep(0)
+            elif self.timing.watch_wait is not None:
+                # the next poll waits on the host; one that answers at once is paced
+                await asyncio.sleep(max(0.0, started + WATCH_MIN_GAP_S - time.monotonic()))
+            else:
+                await asyncio.sleep(self._next_delay())
+
+    def _wait_s(self, slot: HostSlot) -> float:
+        """How long the next poll of this host may wait on it (0 in poll mode, or when the
+        tracker has something to confirm or re-read at once)."""
+        if self.timing.watch_wait is None or not slot.tracker.settled:
+            return 0.0
+        return self.timing.watch_wait
 
     def _next_delay(self) -> float:
         j = self.timing.jitter
@@ -144,16 +165,19 @@ class Scheduler:
         return snap
 
     async def _poll_once(self, slot: HostSlot) -> Snapshot:
+        wait = self._wait_s(slot)
         request = slot.tracker.request(
-            slot.async_dir, self.timing.max_bytes, self.timing.max_answer_bytes
+            slot.async_dir, self.timing.max_bytes, self.timing.max_answer_bytes, wait
         )
-        async with self._sem:
+        # max_concurrency bounds the polls that work; a waiting poll mostly waits, and every
+        # watched host has one in flight
+        async with self._sem if wait == 0 else contextlib.nullcontext():
             self._counts.polls += 1
             started = time.monotonic()
             try:
                 # the transport enforces its own deadline; this one only guards against a hang
                 return await asyncio.wait_for(
-                    slot.transport.poll(request), self.timing.poll_timeout + 10
+                    slot.transport.poll(request), self.timing.poll_timeout + 10 + wait
                 )
             except TimeoutError:
                 raise TransportError(
@@ -165,7 +189,7 @@ class Scheduler:
                 LOGGER.exception("%s: unexpected error while polling", slot.name)
                 raise TransportError(f"{slot.name}: unexpected {type(exc).__name__}") from None
             finally:
-                elapsed = time.monotonic() - started
+                elapsed = time.monotonic() - started - wait
                 if elapsed > self.timing.interval:
                     self._counts.slow_ms.append(int(elapsed * 1000))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,6 +23,9 @@ from .transports.local import LocalTransport
 
 LOGGER = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 15.0
+# the shells' idle timeout: a source killed without closing its pools leaves each host's shell
+# this long after its last request (WinRM's own default, 2 hours, would hold MaxShellsPerUser)
+IDLE_TIMEOUT_S = 180
 
 
 def make_transport(
@@ -48,6 +52,7 @@ def make_transport(
             read_timeout=host.read_timeout,
             operation_timeout=max(1, int(host.operation_timeout)),
             call_deadline_s=cfg.poll_timeout,
+            idle_timeout=idle_timeout(cfg),
             encryption=host.encryption,
             certificate_pem=host.certificate_pem,
             certificate_key_pem=host.certificate_key_pem,
@@ -55,6 +60,14 @@ def make_transport(
         executor,
         poll_script=cfg.poll_script,
     )
+
+
+def idle_timeout(cfg: SourceConfig) -> int:
+    """A few minutes; in poll mode also above three intervals, so a shell outlives the pause
+    between two polls (a Receive parked on a waiting poll keeps the shell alive by itself)."""
+    if cfg.mode == "watch":
+        return IDLE_TIMEOUT_S
+    return max(IDLE_TIMEOUT_S, math.ceil(3 * cfg.interval))
 
 
 async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
@@ -74,8 +87,12 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     lost_after_ms = None if cfg.lost_after is None else int(cfg.lost_after * 1000)
     # pypsrp blocks: each poll in flight holds a thread, and a host stuck inside one pypsrp call
     # holds its thread until that call returns. The source's own pool, sized for
-    # max_concurrency, leaves the engine's default executor alone.
-    executor = ThreadPoolExecutor(cfg.max_concurrency + 8, thread_name_prefix="async_jobs-psrp")
+    # max_concurrency (in watch mode, plus one per host: each has a waiting poll parked in a
+    # thread), leaves the engine's default executor alone.
+    watching = len(cfg.hosts) if cfg.mode == "watch" else 0
+    executor = ThreadPoolExecutor(
+        cfg.max_concurrency + watching + 8, thread_name_prefix="async_jobs-psrp"
+    )
     slots = [
         HostSlot(
             name=h.name,
@@ -95,6 +112,7 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         # a file larger than this is summarised from a bounded read: never less than an event holds
         max_bytes=max(1024 * 1024, 4 * cfg.max_output_bytes),
         max_answer_bytes=cfg.max_answer_bytes,
+        watch_wait=cfg.watch_wait if cfg.mode == "watch" else None,
     )
     if cfg.shard is not None:
         LOGGER.info(
@@ -103,10 +121,15 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
             len(slots),
             cfg.hosts_total,
         )
+    cadence = (
+        f"with waiting polls (up to {cfg.watch_wait:g} s each)"
+        if cfg.mode == "watch"
+        else f"every {cfg.interval:.1f} s"
+    )
     LOGGER.info(
-        "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",
+        "watching %d hosts %s (at most %d at once); emitting %s%s",
         len(slots),
-        cfg.interval,
+        cadence,
         cfg.max_concurrency,
         ", ".join(sorted(cfg.emit)),
         f"; checkpoint {cfg.state_file}" if cfg.state_file else "",

@@ -68,6 +68,9 @@ class HostTracker:
         self.ansi_encoding = DEFAULT_ANSI_ENCODING
         self._jobs: dict[str, _Job] = {}
         self._complete = False
+        # the watchdog states of the last answer (pid -> start ms, -1, None): a waiting poll
+        # sends them, and the host answers once one differs
+        self._procs: dict[int, int | None] = {}
 
     @property
     def present(self) -> AbstractSet[str]:
@@ -86,8 +89,22 @@ class HostTracker:
         )
         return len(self._jobs), running
 
+    @property
+    def settled(self) -> bool:
+        """Nothing to confirm or read again at once: a waiting poll may wait. Not settled
+        before the first answer, while a file could not be read or parsed, or while a
+        watchdog seen gone once awaits its confirming poll."""
+        return self._complete and all(
+            j.key is not None and (j.dead_polls == 0 or Status.LOST in j.reported)
+            for j in self._jobs.values()
+        )
+
     def request(
-        self, async_dir: str, max_bytes: int, max_answer_bytes: int = 4 * 1024 * 1024
+        self,
+        async_dir: str,
+        max_bytes: int,
+        max_answer_bytes: int = 4 * 1024 * 1024,
+        wait_s: float = 0.0,
     ) -> PollRequest:
         known = {n: j.key for n, j in self._jobs.items() if j.key is not None}
         pids = sorted(
@@ -104,6 +121,10 @@ class HostTracker:
             only=sorted(self.only) if self.only else (),
             max_bytes=max_bytes,
             max_answer_bytes=max_answer_bytes,
+            wait_s=wait_s,
+            seen_procs={pid: self._procs[pid] for pid in pids if pid in self._procs}
+            if wait_s > 0
+            else {},
         )
 
     def record_of(self, jid: str) -> JobRecord | None:
@@ -147,6 +168,7 @@ class HostTracker:
             if not self.only or name in self.only:
                 self._jobs.setdefault(name, _Job())
         findings.extend(self._lost(snap))
+        self._procs = dict(snap.procs)
         self._complete = True
         return findings
 

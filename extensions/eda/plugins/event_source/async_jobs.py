@@ -124,6 +124,23 @@ options:
       (App Control for Business, AppLocker) run it in FullLanguage when its signature is trusted.
       Unset, a host in Constrained Language Mode is reported C(unsupported).
     type: str
+  mode:
+    description: C(poll) asks each host every O(interval) seconds. C(watch) keeps one waiting
+      poll in flight per host, parked on the host, which answers as soon as a job file or a
+      watchdog changes (or after O(watch_wait) seconds), so an outcome arrives about a second
+      after it is written and an idle host costs one pipeline per O(watch_wait). Watch mode
+      holds one thread per host while its poll waits (pypsrp is synchronous).
+    type: str
+    choices: [poll, watch]
+    default: poll
+  watch_wait:
+    description: Seconds one waiting poll may wait on the host (watch mode). The
+      WS-Management OperationTimeout of its Receive defaults to this plus 5 s and the HTTP read
+      timeout to that plus 10 s; both must stay within WinRM's MaxTimeoutms (60 s by default).
+      An inventory's C(ansible_psrp_operation_timeout) / C(ansible_psrp_read_timeout) win, and
+      must then be above it.
+    type: float
+    default: 50
   shard:
     description: C("i/n") (1 <= i <= n) to split the hosts across n activations of this source
       that differ only in i. Each keeps the hosts that rendezvous hashing on the inventory name

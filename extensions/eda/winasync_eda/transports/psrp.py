@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import inspect
 import logging
 import re
 import time
@@ -61,6 +62,8 @@ _MASK: Final = "********"
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]*@")
 
 _T = TypeVar("_T")
+# pypsrp < 0.9 cannot set a shell's idle timeout
+_POOL_HAS_IDLE_TIMEOUT: Final = "idle_timeout" in inspect.signature(RunspacePool).parameters
 
 
 class _PipelineFailedError(Exception):
@@ -100,6 +103,9 @@ class PsrpTransport:
         # a user only so many (MaxShellsPerUser, 30 by default) until they idle out after 2 h,
         # so they are deleted once the host answers again
         self._abandoned: dict[str, str] = {}
+        # (shell id, resource URI) of the open pool, written by the worker thread: close() reads
+        # it to delete the shell from aside while a waiting poll holds the pool
+        self._shell_ref: tuple[str, str] | None = None
         self._secrets = _secret_forms(settings)
 
     def __repr__(self) -> str:
@@ -109,9 +115,11 @@ class PsrpTransport:
         if self._closed:
             raise TransportError(f"{self.settings.host_name}: the PSRP transport is closed")
         parameters = build_parameters(request)
-        deadline = time.monotonic() + self.settings.call_deadline_s
+        # a waiting poll may take its wait on top of the usual deadline
+        deadline = time.monotonic() + self.settings.call_deadline_s + max(0.0, request.wait_s)
+        park = request.wait_s > 0
         return await self._in_thread(
-            deadline, functools.partial(self._poll_blocking, parameters, deadline)
+            deadline, functools.partial(self._poll_blocking, parameters, deadline, park)
         )
 
     async def close(self) -> None:
@@ -120,6 +128,18 @@ class PsrpTransport:
             return
         self._closed = True
         LOGGER.debug("%s: closing the PSRP runspace pool", self.settings.host_name)
+        shell = self._shell_ref
+        if self._lock.locked() and shell is not None:
+            # a poll holds the pool, perhaps parked for a minute on a waiting pipeline: delete
+            # its shell over a connection of its own, which ends the pipeline and the Receive
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, self._delete_shell_aside, shell),
+                    self.settings.connection_timeout + self.settings.read_timeout,
+                )
+            except TimeoutError:
+                LOGGER.debug("%s: deleting the shell aside timed out", self.settings.host_name)
         # a Delete may wait for a connect and a read timeout
         budget = self.settings.connection_timeout + self.settings.read_timeout
         deadline = time.monotonic() + max(budget, self.settings.call_deadline_s)
@@ -156,11 +176,31 @@ class PsrpTransport:
         if not future.cancelled():
             future.exception()  # retrieved: an abandoned worker's error is not "never retrieved"
 
+    def _delete_shell_aside(self, shell: tuple[str, str]) -> None:
+        """Delete a shell over a WSMan session of its own (pypsrp objects are not thread-safe:
+        the pool's own session stays with the thread that holds it). Never raises."""
+        wsman = None
+        try:
+            wsman = WSMan(**self.settings.wsman_kwargs())
+            selectors = SelectorSet()
+            selectors.add_option("ShellId", shell[0])
+            wsman.delete(shell[1], selector_set=selectors)
+        except Exception as exc:
+            self._debug_failure("deleting the shell aside", exc)
+        finally:
+            if wsman is not None:
+                try:
+                    wsman.close()
+                except Exception as exc:
+                    self._debug_failure("closing the aside session", exc)
+
     # ---- everything below runs in the worker thread, under the lock ----
 
-    def _poll_blocking(self, parameters: Mapping[str, str], deadline: float) -> Snapshot:
+    def _poll_blocking(
+        self, parameters: Mapping[str, str], deadline: float, park: bool = False
+    ) -> Snapshot:
         try:
-            snapshot = self._invoke(parameters, deadline)
+            snapshot = self._invoke(parameters, deadline, park)
         except Exception as exc:  # every failure becomes a TransportError
             error = self._translate(exc)
         else:
@@ -171,7 +211,7 @@ class PsrpTransport:
         # raised outside the except block: no chained cause or context can carry the original text
         raise error
 
-    def _invoke(self, parameters: Mapping[str, str], deadline: float) -> Snapshot:
+    def _invoke(self, parameters: Mapping[str, str], deadline: float, park: bool) -> Snapshot:
         if self._closed:  # close() ran while this poll waited for the lock
             raise _ClosedError("the transport is closed")
         pool = self._open_pool(deadline)
@@ -181,7 +221,7 @@ class PsrpTransport:
         ps.add_cmdlet(self.poll_script or FUNCTION)
         for name, value in parameters.items():  # in PARAMETER_NAMES order
             ps.add_parameter(name, value)
-        output = self._run(ps, deadline)
+        output = self._run(ps, deadline, park=park)
         snapshot = parse_answer(output)
         try:
             _terminate(ps)
@@ -192,14 +232,22 @@ class PsrpTransport:
             self._delete_abandoned(self._wsman)
         return snapshot
 
-    def _run(self, ps: PowerShell, deadline: float) -> list[object]:
-        """Run a pipeline to its end by the deadline; its output, or an exception."""
+    def _run(self, ps: PowerShell, deadline: float, *, park: bool = False) -> list[object]:
+        """Run a pipeline to its end by the deadline; its output, or an exception.
+
+        ``park``: a waiting poll. Its Receive waits on the host with the configured
+        OperationTimeout (above the wait) and HTTP read timeout (above that) while the deadline
+        leaves room for both; pypsrp's per-call timeout would set the read timeout to
+        OperationTimeout + 2 s instead."""
         ps.begin_invoke()
         while ps.state == PSInvocationState.RUNNING:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._stop(ps)
                 raise _DeadlineError("the pipeline did not finish within the call deadline")
+            if park and remaining > self.settings.read_timeout:
+                ps.poll_invoke()
+                continue
             ps.poll_invoke(timeout=max(1, min(self.settings.operation_timeout, int(remaining))))
         if ps.state != PSInvocationState.COMPLETED or ps.had_errors or ps.streams.error:
             raise _PipelineFailedError(_first_error(ps))
@@ -232,8 +280,12 @@ class PsrpTransport:
         self._wsman = WSMan(**self.settings.wsman_kwargs())
         # exactly one runspace: the function defined below lives in that runspace, so every
         # pipeline of this pool finds it (with more runspaces a poll could land in another one)
-        self._pool = RunspacePool(self._wsman, min_runspaces=1, max_runspaces=1)
+        extra: dict[str, Any] = {}
+        if self.settings.idle_timeout is not None and _POOL_HAS_IDLE_TIMEOUT:
+            extra["idle_timeout"] = self.settings.idle_timeout
+        self._pool = RunspacePool(self._wsman, min_runspaces=1, max_runspaces=1, **extra)
         self._pool.open()
+        self._shell_ref = (str(self._pool.shell.id), str(self._pool.shell.resource_uri))
         if self.poll_script:
             return self._pool  # the deployed file is run by path: nothing to define
         define = PowerShell(self._pool)
@@ -252,6 +304,7 @@ class PsrpTransport:
         """Forget the pool, after a best-effort Delete; never raises."""
         pool, wsman = self._pool, self._wsman
         self._pool = self._wsman = None
+        self._shell_ref = None
         if pool is not None:
             try:
                 pool.close()  # sends nothing for a pool in the Broken state

@@ -45,6 +45,10 @@ class PsrpSettings:
     # pypsrp retries a timed-out Receive 5 times, sleeping backoff * (2**n - 1): 114 s at its
     # default of 2.0, 28.5 s at 0.5. The scheduler has its own backoff; a thread should not hang.
     reconnection_backoff: float = 0.5
+    # the shell's idle timeout (pypsrp >= 0.9 sends it on Create): a source killed without
+    # closing its pools leaves its shells on the host this long after its last request, not
+    # the endpoint's 2 hours, which count against MaxShellsPerUser. None: the host's default.
+    idle_timeout: int | None = None
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -68,6 +72,8 @@ class PsrpSettings:
             return "operation_timeout must be at least 1 second"
         if self.read_timeout <= self.operation_timeout:
             return "read_timeout must be greater than operation_timeout"
+        if self.idle_timeout is not None and self.idle_timeout < 60:
+            return "idle_timeout must be at least 60 seconds (the endpoint's minimum)"
         if self.reconnection_retries < 0 or self.reconnection_backoff < 0:
             return "reconnection_retries and reconnection_backoff must not be negative"
         return self._auth_problem()

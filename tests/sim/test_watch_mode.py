@@ -1,0 +1,202 @@
+"""Watch mode against simulated hosts with the real pypsrp client: one waiting poll parked per
+host, outcomes as soon as they are written, a cancel that ends every waiting pipeline at once,
+shells that idle out, and MaxShellsPerUser after a killed source."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pypsrp.exceptions import WSManFaultError
+from pypsrp.powershell import RunspacePool
+
+from tests.sim.test_source_psrp import PASSWORD, watching
+from tests.waiting import async_wait_until
+from winsim.host import SimHost
+from winsim.scripts.dispatch import execute
+from winsim.testing import SimServerThread, client_for, wait_until
+from winsim.wsman import ERROR_QUOTA_MAX_SHELLS
+
+pytestmark = pytest.mark.sim
+
+REPO = Path(__file__).resolve().parents[2]
+# the wait, the parked Receive's OperationTimeout above it, the read timeout above that
+WATCH: dict[str, Any] = {
+    "mode": "watch",
+    "watch_wait": 20,
+    "operation_timeout": 25,
+    "read_timeout": 30,
+    "poll_timeout": 30,
+}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Any:
+    with SimServerThread(execute) as server:
+        yield server
+
+
+async def test_outcomes_arrive_while_the_polls_wait(sim: SimServerThread, tmp_path: Path) -> None:
+    async with watching(sim, tmp_path, ["win01"], **WATCH) as w:
+        h, ep = w.hosts["win01"], w.endpoints["win01"]
+        await async_wait_until(lambda: h.waiting_polls == 1, 20, "a poll waiting on the host")
+        commands = ep.counters.get("Command").requests
+        ok = h.start_job("finished", 0.3)
+        bad = h.start_job("failed", 0.3, rc=3)
+        slow = h.start_job("timed_out", 0.3)
+        orphan = h.start_job("orphaned", 0.3)
+        # far within the 20 s wait: the waiting poll answered because the files changed
+        await async_wait_until(lambda: len(w.jobs()) == 4, 10, "four outcomes")
+        assert w.status_of("win01", ok) == ["finished"]
+        assert w.status_of("win01", bad) == ["failed"]
+        assert w.status_of("win01", slow) == ["timed_out"]
+        assert w.status_of("win01", orphan) == ["lost"]
+        # settled again: one poll parked, not a stream of them
+        await async_wait_until(lambda: h.waiting_polls == 1, 10, "the poll waits again")
+        assert ep.counters.get("Command").requests - commands < 15
+        assert ep.service.idle_timeouts() == [180.0]
+
+
+async def test_a_cancel_ends_every_waiting_pipeline_within_seconds(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    names = [f"win{i:02d}" for i in range(5)]
+    args = {**WATCH, "watch_wait": 50, "operation_timeout": 55, "read_timeout": 65}
+    async with watching(sim, tmp_path, names, **args) as w:
+        await async_wait_until(
+            lambda: all(h.waiting_polls == 1 for h in w.hosts.values()), 30, "five waiting polls"
+        )
+        # watching() cancels the source on exit: time it from here
+        started = time.monotonic()
+    elapsed = time.monotonic() - started
+    assert all(h.waiting_polls == 0 for h in w.hosts.values())
+    assert all(ep.open_shells == 0 for ep in w.endpoints.values())
+    assert elapsed < 5, f"cancel took {elapsed:.1f} s"
+
+
+def test_the_host_refuses_a_shell_past_max_shells_per_user(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    host = SimHost("win01", tmp_path)
+    host.max_shells_per_user = 2
+    ep = sim.add_host("quota", host, username="ansible", password=PASSWORD)
+    pools = []
+    try:
+        for _ in range(2):
+            pool = RunspacePool(client_for(ep, "ansible", PASSWORD), idle_timeout=60)
+            pool.open()
+            pools.append(pool)
+        with pytest.raises(WSManFaultError) as caught:
+            RunspacePool(client_for(ep, "ansible", PASSWORD)).open()
+        assert caught.value.code == ERROR_QUOTA_MAX_SHELLS
+        assert "maximum number of 2 concurrent shells" in str(caught.value.reason)
+    finally:
+        for pool in pools:
+            pool.close()
+        sim.remove_host("quota")
+
+
+def test_an_idle_shell_is_closed_after_its_idle_timeout(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    host = SimHost("win01", tmp_path)
+    ep = sim.add_host("idle", host, username="ansible", password=PASSWORD)
+    try:
+        pool = RunspacePool(client_for(ep, "ansible", PASSWORD), idle_timeout=30)
+        pool.open()
+        # asked 30 s: the endpoint's minimum, 60 s, applies
+        assert ep.service.idle_timeouts() == [60.0]
+        pool.close()
+        # a minute is long for a test: a host whose endpoint allows at most 2 s
+        host.max_idle_timeout_s = 2.0
+        pool = RunspacePool(client_for(ep, "ansible", PASSWORD), idle_timeout=60)
+        pool.open()
+        assert ep.service.idle_timeouts() == [2.0]
+        wait_until(lambda: ep.open_shells == 0, 10, what="the idle shell closed")
+        with pytest.raises(WSManFaultError):
+            pool.close()  # the host forgot the shell
+    finally:
+        sim.remove_host("idle")
+
+
+def test_a_killed_source_leaves_its_shells_and_a_restart_works_at_once(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    hosts: dict[str, SimHost] = {}
+    specs = []
+    for i in range(3):
+        name = f"kill{i}"
+        host = SimHost(name, tmp_path / name)
+        host.attach_loop(sim.loop)
+        host.max_shells_per_user = 2
+        ep = sim.add_host(name, host, username="ansible", password=PASSWORD)
+        hosts[name] = host
+        specs.append({"name": name, "address": ep.address, "port": ep.port})
+    args = {
+        "hosts": specs,
+        "username": "ansible",
+        "password": PASSWORD,
+        "auth": "basic",
+        "protocol": "http",
+        **WATCH,
+        "watch_wait": 50,
+        "operation_timeout": 55,
+        "read_timeout": 65,
+    }
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps(args), encoding="utf-8")
+    try:
+        first = _source(args_file, tmp_path / "first.jsonl")
+        try:
+            wait_until(
+                lambda: all(h.waiting_polls == 1 for h in hosts.values()), 30, what="waiting"
+            )
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        # killed: nobody deleted the shells, and their pipelines still wait on the hosts
+        assert all(sim.endpoint(n).open_shells == 1 for n in hosts)
+        second = _source(args_file, tmp_path / "second.jsonl")
+        try:
+            jids = {name: h.start_job("finished", 0.2) for name, h in hosts.items()}
+            wait_until(
+                lambda: len(_events(tmp_path / "second.jsonl")) == 3, 30, what="three events"
+            )
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(30)
+        got = {
+            (e["async_job"]["host"], e["async_job"]["jid"])
+            for e in _events(tmp_path / "second.jsonl")
+        }
+        assert got == set(jids.items())
+        # the second source closed its own shells; the first one's wait for the idle timeout
+        assert all(sim.endpoint(n).open_shells == 1 for n in hosts)
+    finally:
+        for name in hosts:
+            sim.remove_host(name)
+
+
+def _source(args_file: Path, events: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.source_proc", str(args_file), str(events)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [line["event"] for line in lines if line["kind"] == "event"]
