@@ -1,10 +1,14 @@
 """``python -m bench --quick|--full|--smoke``: the benchmarks of winasync.eda.
 
-- head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs;
+- head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs,
+  polling every second, and again in watch mode (``head_to_head_watch``);
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
-- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
+- idle cost: requests, bytes and CPU per idle host per hour, poll (15 s) against watch;
+- fleet: latency, CPU, RSS and threads for 10, 100 (and 1,000, 2,000) hosts, poll mode
+  (interval 15 s) and watch mode.
 
-Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``).
+Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``) and a
+plot of the fleet latencies next to it (``latest.png``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from typing import Any
 from bench import RESULTS_DIR
 from bench.fleet import FleetConfig, fleet_run
 from bench.head_to_head import HeadToHeadConfig, head_to_head
+from bench.idle_cost import IdleCostConfig, idle_cost
 from bench.idle_poll import IdleConfig, idle_poll
+from bench.plot import plot_latency
 from bench.report import parse_options, progress, table, work_dir, write_json
 
 FLEET_KEYS = (
+    "mode",
     "hosts",
     "interval_s",
     "latency_p50_s",
@@ -31,62 +38,92 @@ FLEET_KEYS = (
     "duplicated",
     "polls_per_s",
     "polls_per_s_asked",
-    "source_cpu_pct",
+    "cpu_pct",
+    "threads",
 )
 
 
 @dataclass(frozen=True)
 class Profile:
     head_to_head: HeadToHeadConfig
+    head_to_head_watch: HeadToHeadConfig
     idle: IdleConfig
+    idle_cost: IdleCostConfig
     fleet: tuple[FleetConfig, ...]
+
+
+def _both_modes(sizes: tuple[tuple[int, float], ...]) -> tuple[FleetConfig, ...]:
+    """Poll mode at the default interval (15 s) and watch mode, for each (hosts, window)."""
+    return tuple(
+        FleetConfig(hosts=hosts, interval=15.0, window_s=window, jobs_per_host=1, mode=mode)
+        for hosts, window in sizes
+        for mode in ("poll", "watch")
+    )
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         HeadToHeadConfig(jobs=4, min_s=1, max_s=2, repeats=1),
+        HeadToHeadConfig(jobs=4, min_s=1, max_s=2, repeats=1, mode="watch"),
         IdleConfig(files=(0, 20), polls=2, interval=0.5),
-        (FleetConfig(hosts=5, interval=1.0, window_s=8.0),),
+        IdleCostConfig(hosts=3, span_s=5.0, interval=1.0, watch_wait=3.0, files_per_host=1),
+        (
+            FleetConfig(hosts=5, interval=1.0, window_s=8.0),
+            FleetConfig(hosts=5, interval=1.0, window_s=8.0, mode="watch"),
+        ),
     ),
     "quick": Profile(
         HeadToHeadConfig(),
+        HeadToHeadConfig(jobs=20, min_s=5, max_s=20, repeats=1, mode="watch"),
         IdleConfig(interval=0.5),
-        (
-            FleetConfig(hosts=10, interval=2.0, window_s=30.0),
-            FleetConfig(hosts=100, interval=5.0, window_s=40.0),
-        ),
+        IdleCostConfig(hosts=50, span_s=100.0),
+        _both_modes(((10, 45.0), (100, 45.0))),
     ),
     "full": Profile(
         HeadToHeadConfig(repeats=5),
+        HeadToHeadConfig(jobs=20, min_s=30, max_s=180, repeats=2, mode="watch"),
         IdleConfig(interval=0.5, polls=10),
-        (
-            FleetConfig(hosts=10, interval=10.0, window_s=120.0),
-            FleetConfig(hosts=100, interval=10.0, window_s=120.0),
-            FleetConfig(hosts=1000, interval=10.0, window_s=150.0),
-        ),
+        IdleCostConfig(hosts=200, span_s=300.0),
+        _both_modes(((10, 120.0), (100, 120.0), (1000, 150.0), (2000, 150.0))),
     ),
 }
 
 
 def print_tables(doc: dict[str, Any]) -> None:
-    h2h = doc["head_to_head"]
-    base, src = h2h["baseline"], h2h["source"]
+    for key, label in (
+        ("head_to_head", "event source (1 s)"),
+        ("head_to_head_watch", "watch mode"),
+    ):
+        h2h = doc[key]
+        base, src = h2h["baseline"], h2h["source"]
+        print()
+        print(
+            table(
+                f"Head to head ({key}): {h2h['jobs']} async jobs of {min(h2h['durations_s'])}-"
+                f"{max(h2h['durations_s'])} s on one host",
+                ["", "HTTP requests", "bytes", "pipelines", "CPU s", "wall s"],
+                [
+                    ["async_status until loop", base["http_requests"], base["bytes"],
+                     base["module_runs"], base["cpu_s"], base["wall_s"]],
+                    [label, src["http_requests"], src["bytes"], src["polls"],
+                     src["cpu_s"], src["wall_s"]],
+                    ["ratio loop/source", h2h["requests_ratio"], h2h["bytes_ratio"], None,
+                     h2h["cpu_ratio"], None],
+                ],
+            )
+        )  # fmt: skip
+    idle_cost_rows = doc["idle_cost_per_host_hour"]
     print()
     print(
         table(
-            f"Head to head: {h2h['jobs']} async jobs of {min(h2h['durations_s'])}-"
-            f"{max(h2h['durations_s'])} s on one host",
-            ["", "HTTP requests", "bytes", "pipelines", "CPU s", "wall s"],
+            "Idle cost per host per hour",
+            ["mode", "HTTP requests", "bytes", "CPU ms", "pipelines"],
             [
-                ["async_status until loop", base["http_requests"], base["bytes"],
-                 base["module_runs"], base["cpu_s"], base["wall_s"]],
-                ["event source (1 s)", src["http_requests"], src["bytes"], src["polls"],
-                 src["cpu_s"], src["wall_s"]],
-                ["ratio loop/source", h2h["requests_ratio"], h2h["bytes_ratio"], None,
-                 h2h["cpu_ratio"], None],
+                [mode, v["requests"], v["bytes"], v["cpu_ms"], v["pipelines"]]
+                for mode, v in idle_cost_rows.items()
             ],
         )
-    )  # fmt: skip
+    )
     idle = doc["idle_poll"]
     print()
     print(
@@ -104,6 +141,7 @@ def print_tables(doc: dict[str, Any]) -> None:
         table(
             "Fleet: one source, N hosts, jobs ending throughout",
             [
+                "mode",
                 "hosts",
                 "interval s",
                 "p50 s",
@@ -115,7 +153,8 @@ def print_tables(doc: dict[str, Any]) -> None:
                 "dup",
                 "polls/s",
                 "asked/s",
-                "src CPU %",
+                "CPU %",
+                "threads",
             ],
             [[row[k] for k in FLEET_KEYS] for row in doc["fleet"]],
         )
@@ -136,11 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         doc: dict[str, Any] = {
             "profile": opts.profile,
             "head_to_head": head_to_head(workdir / "h2h", profile.head_to_head),
+            "head_to_head_watch": head_to_head(workdir / "h2h-watch", profile.head_to_head_watch),
             "idle_poll": idle_poll(workdir / "idle", profile.idle),
-            "fleet": [fleet_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
+            "idle_cost_per_host_hour": idle_cost(workdir / "idle-cost", profile.idle_cost),
+            "fleet": [
+                fleet_run(workdir / f"fleet-{cfg.mode}-{cfg.hosts}", cfg) for cfg in profile.fleet
+            ],
         }
         print_tables(doc)
         progress(f"wrote {write_json(opts.out, doc)}")
+        png = plot_latency(doc["fleet"], opts.out.with_suffix(".png"))
+        if png is not None:
+            progress(f"wrote {png}")
     bad = [r for r in doc["fleet"] if r["lost"] or r["duplicated"]]
     return 1 if bad else 0
 

@@ -34,6 +34,23 @@ class FleetConfig:
     jobs_per_host: int = 2
     max_concurrency: int | None = None
     seed: int = 7
+    # "watch": one waiting poll per host (interval unused), each waiting up to watch_wait s
+    mode: str = "poll"
+    watch_wait: float = 50.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} {self.hosts} hosts"
+
+    def source_args(self) -> dict[str, Any]:
+        if self.mode == "watch":
+            return {"mode": "watch", "watch_wait": self.watch_wait}
+        return {"interval": self.interval}
+
+    @property
+    def settle_s(self) -> float:
+        """How long a late duplicate may take to show: one poll cycle."""
+        return 3.0 if self.mode == "watch" else self.interval * 1.5
 
 
 def _sim_cpu_s() -> float:
@@ -44,7 +61,7 @@ def _sim_cpu_s() -> float:
 def _plans(names: list[str], cfg: FleetConfig, rng: random.Random) -> list[JobPlan]:
     outcomes = list(OUTCOME_WEIGHTS)
     weights = list(OUTCOME_WEIGHTS.values())
-    latest = max(1.0, cfg.window_s - cfg.interval)
+    latest = max(1.0, cfg.window_s - (cfg.interval if cfg.mode == "poll" else 5.0))
     plans = []
     for name in names:
         for _ in range(cfg.jobs_per_host):
@@ -66,16 +83,16 @@ def _sample_after(source: SourceRun, events: EventFile, t: float) -> Sample:
 
 def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed + cfg.hosts)
-    progress(f"fleet {cfg.hosts} hosts: starting the sim")
+    progress(f"fleet {cfg.label}: starting the sim")
     with SimFleet(cfg.hosts, workdir / "sim", prefix="fl") as fleet:
         events = EventFile(workdir / "fleet.events.jsonl")
-        args: dict[str, Any] = {"hosts": fleet.source_hosts(), "interval": cfg.interval}
+        args: dict[str, Any] = {"hosts": fleet.source_hosts(), **cfg.source_args()}
         if cfg.max_concurrency is not None:
             args["max_concurrency"] = cfg.max_concurrency
         source = SourceRun(workdir, args, events, "fleet-source").start()
         try:
             ramp = max(60.0, cfg.hosts * 0.3)
-            progress(f"fleet {cfg.hosts} hosts: waiting for a first poll of every host")
+            progress(f"fleet {cfg.label}: waiting for a first poll of every host")
             warm_started = time.monotonic()
             if not source.wait_for(lambda: fleet.polled_hosts() == cfg.hosts, ramp, step=0.5):
                 raise BenchError(
@@ -89,8 +106,8 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
             plans = _plans(fleet.names, cfg, rng)
             refs = fleet.start_jobs(plans)
             progress(
-                f"fleet {cfg.hosts} hosts: all polled in {warm_s:.1f} s; {len(refs)} jobs "
-                f"ending over {cfg.window_s:.0f} s, interval {cfg.interval:g} s"
+                f"fleet {cfg.label}: all polled in {warm_s:.1f} s; {len(refs)} jobs "
+                f"ending over {cfg.window_s:.0f} s"
             )
             deadline = cfg.window_s + max(4 * cfg.interval, 30.0)
             expected = {(r.host, r.jid, r.expected) for r in refs}
@@ -109,8 +126,8 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
                         f"  {len(events.arrivals)}/{len(refs)} events, "
                         f"{(fleet.traffic() - traffic_a).pipelines} polls"
                     )
-            # one more interval: a duplicate would show up now
-            source.wait_for(lambda: False, cfg.interval * 1.5)
+            # one more poll cycle: a duplicate would show up now
+            source.wait_for(lambda: False, cfg.settle_s)
             t_b = time.time()
             traffic_b, sim_b = fleet.traffic(), _sim_cpu_s()
             sample_b = _sample_after(source, events, t_b)
@@ -123,14 +140,20 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
     polls = (traffic_b - traffic_a).pipelines
     span = t_b - t_a
     cpu_ms = (sample_b.cpu_s - sample_a.cpu_s) * 1000
+    watch = cfg.mode == "watch"
     row = {
         "hosts": cfg.hosts,
-        "interval_s": cfg.interval,
+        "mode": cfg.mode,
+        # watch mode has no interval: each poll waits on the host up to watch_wait_s
+        "interval_s": None if watch else cfg.interval,
+        "watch_wait_s": cfg.watch_wait if watch else None,
         "latency_p50_s": rounded(percentile(result.latencies, 0.5)),
         "latency_p95_s": rounded(percentile(result.latencies, 0.95)),
         "latency_max_s": rounded(result.worst_latency_s),
         "cpu_ms_per_host_poll": rounded(cpu_ms / polls if polls else None, 2),
         "rss_mb": round(events.max_rss_kb / 1024, 1),
+        "threads": events.max_threads,
+        "cpu_pct": round(cpu_ms / 10 / span, 1),
         "rss_end_mb": round(sample_b.rss_kb / 1024, 1),
         "lost": result.lost,
         "duplicated": result.duplicated,
@@ -138,7 +161,7 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
         "unexpected": result.unexpected,
         "polls": polls,
         "polls_per_s": round(polls / span, 2),
-        "polls_per_s_asked": round(cfg.hosts / cfg.interval, 2),
+        "polls_per_s_asked": round(cfg.hosts / (cfg.watch_wait if watch else cfg.interval), 2),
         "source_cpu_pct": round(cpu_ms / 10 / span, 1),
         "sim_cpu_pct": round((sim_b - sim_a) * 100 / span, 1),
         "window_s": round(span, 1),
@@ -149,7 +172,7 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
         "source_error": exit_record.get("error") if exit_record else "no exit record",
     }
     progress(
-        f"fleet {cfg.hosts} hosts: p50 {row['latency_p50_s']} s, p95 {row['latency_p95_s']} s, "
+        f"fleet {cfg.label}: p50 {row['latency_p50_s']} s, p95 {row['latency_p95_s']} s, "
         f"max {row['latency_max_s']} s, {row['cpu_ms_per_host_poll']} ms CPU per host poll, "
         f"lost {row['lost']}, duplicated {row['duplicated']}"
     )

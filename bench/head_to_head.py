@@ -41,6 +41,20 @@ class HeadToHeadConfig:
     interval: float = 1.0
     repeats: int = 3
     seed: int = 20
+    # the source's mode: "watch" waits on the host instead of polling every interval
+    mode: str = "poll"
+    watch_wait: float = 50.0
+
+    def source_args(self) -> dict[str, Any]:
+        if self.mode == "watch":
+            return {"mode": "watch", "watch_wait": self.watch_wait}
+        return {"interval": self.interval}
+
+    @property
+    def source_label(self) -> str:
+        if self.mode == "watch":
+            return f"watch mode (waits up to {self.watch_wait:g} s)"
+        return f"interval {self.interval:g} s"
 
 
 @dataclass
@@ -77,7 +91,7 @@ def _watch_while_starting(
     events = EventFile(workdir / f"h2h-{rep}.events.jsonl")
     args: dict[str, Any] = {
         "hosts": [{**fleet.source_host(watch), "name": host}],
-        "interval": cfg.interval,
+        **cfg.source_args(),
     }
     source = SourceRun(workdir, args, events, f"h2h-source-{rep}").start()
     try:
@@ -180,7 +194,7 @@ def head_to_head(workdir: Path, cfg: HeadToHeadConfig) -> dict[str, Any]:
         "start_only_run": start_sum,
     }
     src = {
-        "method": f"winasync.eda.async_jobs, interval {cfg.interval:g} s, "
+        "method": f"winasync.eda.async_jobs, {cfg.source_label}, "
         "watching before the jobs start, until the last event",
         **src_traffic.as_dict(),
         "polls": src_traffic.pipelines,
@@ -197,6 +211,7 @@ def head_to_head(workdir: Path, cfg: HeadToHeadConfig) -> dict[str, Any]:
         "jobs": cfg.jobs,
         "durations_s": durations,
         "interval_s": cfg.interval,
+        "mode": cfg.mode,
         "repeats": cfg.repeats,
         "requests_ratio": _ratio(wait_traffic.requests, src_traffic.requests),
         "bytes_ratio": _ratio(wait_traffic.bytes, src_traffic.bytes),

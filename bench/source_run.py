@@ -42,6 +42,7 @@ class Sample:
     t: float
     cpu_s: float
     rss_kb: int
+    threads: int = 0
 
 
 class EventFile:
@@ -99,7 +100,9 @@ class EventFile:
             else:
                 self.host_events.append(event)
         elif kind == "stats":
-            self.samples.append(Sample(record["t"], record["cpu_s"], record["rss_kb"]))
+            self.samples.append(
+                Sample(record["t"], record["cpu_s"], record["rss_kb"], record.get("threads", 0))
+            )
         elif kind == "exit":
             self.exits.append(record)
             self.samples.append(Sample(record["t"], record["cpu_s"], record["rss_kb"]))
@@ -110,6 +113,10 @@ class EventFile:
             if sample.t >= t:
                 return sample
         return None
+
+    @property
+    def max_threads(self) -> int:
+        return max((s.threads for s in self.samples), default=0)
 
     @property
     def max_rss_kb(self) -> int:

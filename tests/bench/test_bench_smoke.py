@@ -30,6 +30,9 @@ FLEET_KEYS = {
     "rss_mb",
     "lost",
     "duplicated",
+    "mode",
+    "cpu_pct",
+    "threads",
 }
 FAULT_KEYS = {"fault", "hosts", "jobs", "expected", "emitted", "duplicated", "worst_latency_s"}
 CRASH_KEYS = {"runs", "jobs", "handled", "lost", "duplicated"}
@@ -75,7 +78,15 @@ def test_bench_smoke_writes_every_contract_key(tmp_path: Path) -> None:
     assert h2h["source"]["statuses"] == ["finished"]
     assert {"http_requests", "bytes"} <= set(doc["idle_poll"])
     assert doc["idle_poll"]["http_requests"] > 0
-    assert doc["fleet"], "no fleet row"
+    watch = doc["head_to_head_watch"]
+    assert {"requests_ratio", "bytes_ratio", "cpu_ratio", "baseline", "source"} <= set(watch)
+    assert watch["source"]["statuses"] == ["finished"]
+    idle = doc["idle_cost_per_host_hour"]
+    for mode in ("poll", "watch"):
+        assert {"requests", "bytes", "cpu_ms"} <= set(idle[mode])
+        assert idle[mode]["requests"] > 0
+    assert {row["mode"] for row in doc["fleet"]} == {"poll", "watch"}
+    assert (tmp_path / "latest.png").exists()
     for row in doc["fleet"]:
         assert set(row) >= FLEET_KEYS
         assert row["lost"] == 0, row

@@ -116,11 +116,15 @@ async def test_a_watchdog_that_dies_ends_the_wait(host: SimHost) -> None:
     assert result["procs"] == {str(pid): None}
 
 
-async def test_a_pid_the_client_has_no_state_for_answers_at_once(host: SimHost) -> None:
+async def test_a_pid_the_client_has_no_state_for_takes_the_first_checks_state(
+    host: SimHost,
+) -> None:
     pid = host.spawn_process()
-    result = answer(await asyncio.wait_for(call(host, wait="50", pids=[pid]), ANSWER_WITHIN_S))
-    assert result["procs"][str(pid)] is not None
-    assert host.peak_waiting_polls <= 1
+    task = asyncio.create_task(call(host, wait="50", pids=[pid]))
+    await async_wait_until(lambda: host.waiting_polls == 1, 5, "the poll waits")
+    host.kill_process(pid)  # differs from the state the wait began with
+    result = answer(await asyncio.wait_for(task, ANSWER_WITHIN_S))
+    assert result["procs"] == {str(pid): None}
 
 
 async def test_a_stop_ends_the_wait_and_releases_it(host: SimHost) -> None:

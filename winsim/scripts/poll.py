@@ -339,15 +339,18 @@ def host_changed(
     known_keys: Mapping[str, str],
     only_names: set[str],
     pid_list: list[int],
-    seen_procs: Mapping[str, Any],
+    seen_procs: dict[str, Any],
 ) -> bool:
-    """``Test-HostChanged``: a watchdog's state unlike ``Seen`` (or absent from it), or a job
-    file new, changed or gone against ``Known``; an unlistable directory counts as changed."""
+    """``Test-HostChanged``: a watchdog's state unlike ``Seen`` (a pid absent from it takes the
+    state of the first check), or a job file new, changed or gone against ``Known``; an
+    unlistable directory counts as changed."""
     for pid in pid_list:
         key = str(pid)
-        if key not in seen_procs:
-            return True
         state = host.process_start_ms(pid) if 0 <= pid <= INT32_MAX else None
+        if key not in seen_procs:
+            # the client has no state for it yet (a job it has just read): this one is it
+            seen_procs[key] = state
+            continue
         before = seen_procs[key]
         if (state is None) != (before is None) or (state is not None and state != _to_long(before)):
             return True

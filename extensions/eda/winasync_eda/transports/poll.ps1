@@ -142,16 +142,18 @@ function Get-WatchdogStart {
 }
 
 # Whether the host differs from what the client last saw: a watchdog's state other than in
-# $SeenProcs (a pid missing there counts as changed), or a job file new, changed or gone against
+# $SeenProcs (a pid missing there gets the state of the first check), or a job file new, changed or gone against
 # $KnownKeys. A directory that cannot be listed counts as changed: the poll then says why.
 function Test-HostChanged {
     param([string]$Dir, $KnownKeys, $OnlyNames, $PidList, $SeenProcs)
     foreach ($id in $PidList) {
         $key = [string]$id
-        if (-not $SeenProcs.ContainsKey($key)) {
-            return $true
-        }
         $state = Get-WatchdogStart -Id $id
+        if (-not $SeenProcs.ContainsKey($key)) {
+            # the client has no state for it yet (a job it has just read): this one is it
+            $SeenProcs[$key] = $state
+            continue
+        }
         $before = $SeenProcs[$key]
         if (($null -eq $state) -ne ($null -eq $before) -or ($null -ne $state -and [long]$state -ne [long]$before)) {
             return $true
