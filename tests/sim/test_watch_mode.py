@@ -51,7 +51,9 @@ async def test_outcomes_arrive_while_the_polls_wait(sim: SimServerThread, tmp_pa
         ok = h.start_job("finished", 0.3)
         bad = h.start_job("failed", 0.3, rc=3)
         slow = h.start_job("timed_out", 0.3)
-        orphan = h.start_job("orphaned", 0.3)
+        # orphaned once the first wait on it began (a watchdog dead before that is seen
+        # when that wait ends: docs/poll-protocol.md)
+        orphan = h.start_job("orphaned", 3.0)
         # far within the 20 s wait: the waiting poll answered because the files changed
         await async_wait_until(lambda: len(w.jobs()) == 4, 10, "four outcomes")
         assert w.status_of("win01", ok) == ["finished"]
@@ -200,3 +202,35 @@ def _events(path: Path) -> list[dict[str, Any]]:
         return []
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
     return [line["event"] for line in lines if line["kind"] == "event"]
+
+
+async def test_a_host_that_reboots_while_a_poll_waits(sim: SimServerThread, tmp_path: Path) -> None:
+    async with watching(sim, tmp_path, ["win01"], **WATCH, interval=15) as w:
+        h = w.hosts["win01"]
+        jid = h.start_job("finished", 600)
+        await async_wait_until(lambda: h.waiting_polls == 1, 20, "a poll waiting on the host")
+        h.reboot()  # ends the shell and its pipeline; the job's watchdog dies with the host
+        # the watch backoff starts at 1 s whatever the interval (15 s here)
+        await async_wait_until(lambda: w.status_of("win01", jid) == ["lost"], 10, "lost")
+        done = h.start_job("finished", 0.2)
+        await async_wait_until(lambda: w.status_of("win01", done) == ["finished"], 10, "next")
+    event = next(e["async_job"] for e in w.events if e["async_job"]["jid"] == jid)
+    assert "reboot" in event["msg"]
+
+
+async def test_a_connection_dropped_during_a_parked_receive(
+    sim: SimServerThread, tmp_path: Path
+) -> None:
+    async with watching(sim, tmp_path, ["win01"], **WATCH) as w:
+        h, ep = w.hosts["win01"], w.endpoints["win01"]
+        await async_wait_until(lambda: h.waiting_polls == 1, 20, "a poll waiting on the host")
+        # the parked Receive's reply is cut mid-body when the change ends the wait
+        ep.faults.inject("drop", actions={"Receive"}, count=1)
+        jid = h.start_job("failed", 0.2, rc=4)
+        await async_wait_until(lambda: ep.faults.hits("drop") == 1, 10, "the drop")
+        await async_wait_until(lambda: w.status_of("win01", jid) == ["failed"], 15, "the event")
+        # pypsrp sent the cut Receive again (same MessageID, same reply) or opened a new pool:
+        # either way one shell is left, and the host is watched again
+        await async_wait_until(lambda: ep.open_shells == 1, 15, "one shell left")
+        await async_wait_until(lambda: h.waiting_polls == 1, 15, "a poll waiting again")
+    assert w.status_of("win01", jid) == ["failed"]

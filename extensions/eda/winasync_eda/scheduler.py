@@ -98,10 +98,12 @@ class Scheduler:
         self.host_events = host_events
         self._sem = asyncio.Semaphore(timing.max_concurrency)
         self._counts = _Counts()
-        # interval, 2x, 4x ... up to backoff_max, plus jitter so failing hosts do not retry in step
-        self._backoff = wait_exponential(
-            multiplier=max(timing.interval, 0.1), max=timing.backoff_max
-        ) + wait_random(0, max(timing.interval, 0.1) * max(timing.jitter, 0.05))
+        # interval, 2x, 4x ... up to backoff_max, plus jitter so failing hosts do not retry in step;
+        # in watch mode (no interval) from one second: a rebooted host is asked again soon
+        step = max(timing.interval if timing.watch_wait is None else 1.0, 0.1)
+        self._backoff = wait_exponential(multiplier=step, max=timing.backoff_max) + wait_random(
+            0, step * max(timing.jitter, 0.05)
+        )
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._host_loop(s), name=f"poll-{s.name}") for s in self.slots]
@@ -135,9 +137,11 @@ class Scheduler:
                 await asyncio.sleep(self._next_delay())
 
     def _wait_s(self, slot: HostSlot) -> float:
-        """How long the next poll of this host may wait on it (0 in poll mode, or when the
-        tracker has something to confirm or re-read at once)."""
-        if self.timing.watch_wait is None or not slot.tracker.settled:
+        """How long the next poll of this host may wait on it (0 in poll mode, when the tracker
+        has something to confirm or re-read at once, or right after a failed poll)."""
+        # after a failure the host may have rebooted (a new boot time, which the waiting check
+        # does not watch) or lost its pool: ask at once first
+        if self.timing.watch_wait is None or not slot.tracker.settled or slot.failures:
             return 0.0
         return self.timing.watch_wait
 
