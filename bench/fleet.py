@@ -73,7 +73,7 @@ def _plans(names: list[str], cfg: FleetConfig, rng: random.Random) -> list[JobPl
     return plans
 
 
-def _sample_after(source: SourceRun, events: EventFile, t: float) -> Sample:
+def sample_after(source: SourceRun, events: EventFile, t: float) -> Sample:
     if not source.wait_for(lambda: events.sample_at(t) is not None, 30.0):
         raise BenchError(f"the source stopped reporting; see {source.log_path}")
     sample = events.sample_at(t)
@@ -101,7 +101,7 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
                 )
             warm_s = time.monotonic() - warm_started
             t_a = time.time()
-            sample_a = _sample_after(source, events, t_a)
+            sample_a = sample_after(source, events, t_a)
             traffic_a, sim_a = fleet.traffic(), _sim_cpu_s()
             plans = _plans(fleet.names, cfg, rng)
             refs = fleet.start_jobs(plans)
@@ -130,7 +130,7 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
             source.wait_for(lambda: False, cfg.settle_s)
             t_b = time.time()
             traffic_b, sim_b = fleet.traffic(), _sim_cpu_s()
-            sample_b = _sample_after(source, events, t_b)
+            sample_b = sample_after(source, events, t_b)
             alive = source.alive
         finally:
             exit_record = source.stop()

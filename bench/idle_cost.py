@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
+from bench.fleet import sample_after
 from bench.report import progress
 from bench.simfleet import JobPlan, SimFleet
-from bench.source_run import EventFile, Sample, SourceRun
+from bench.source_run import EventFile, SourceRun
 
 READY_TIMEOUT_S = 300.0
 SETTLE_S = 5.0
@@ -30,14 +31,6 @@ class IdleCostConfig:
     interval: float = 15.0
     watch_wait: float = 50.0
     files_per_host: int = 3
-
-
-def _sample(source: SourceRun, events: EventFile, t: float) -> Sample:
-    if not source.wait_for(lambda: events.sample_at(t) is not None, 30.0):
-        raise BenchError(f"the source stopped reporting; see {source.log_path}")
-    sample = events.sample_at(t)
-    assert sample is not None
-    return sample
 
 
 def _one(workdir: Path, cfg: IdleCostConfig, mode: str) -> dict[str, Any]:
@@ -65,12 +58,12 @@ def _one(workdir: Path, cfg: IdleCostConfig, mode: str) -> dict[str, Any]:
                 raise BenchError(f"{mode}: {len(events.arrivals)} of {total} events came")
             source.wait_for(lambda: False, SETTLE_S)
             t_a = time.time()
-            sample_a, traffic_a = _sample(source, events, t_a), fleet.traffic()
+            sample_a, traffic_a = sample_after(source, events, t_a), fleet.traffic()
             progress(f"idle cost, {mode}: measuring {cfg.hosts} idle hosts for {cfg.span_s:.0f} s")
             source.wait_for(lambda: False, cfg.span_s)
             t_b = time.time()
             traffic_b = fleet.traffic()
-            sample_b = _sample(source, events, t_b)
+            sample_b = sample_after(source, events, t_b)
         finally:
             source.stop()
     span = t_b - t_a

@@ -10,7 +10,7 @@ at-least-once window, a bad name was reported, or the source died.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench import RESULTS_DIR
@@ -27,6 +27,8 @@ class SoakProfile:
     faults: FaultConfig
     crash: CrashConfig
     crash_feedback: CrashConfig | None
+    # the fault matrix and the crash soak again in watch mode
+    watch: bool = True
     hostile: HostileConfig = field(default_factory=HostileConfig)
     backlog: BacklogConfig = field(default_factory=BacklogConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
@@ -170,12 +172,14 @@ def print_tables(doc: dict[str, Any]) -> None:
 
 def failures(doc: dict[str, Any]) -> list[str]:
     found = []
-    for f in doc["faults"]:
-        if f["lost"] or f["duplicated"] or f["unexpected"]:
-            found.append(f"fault {f['fault']}: lost {f['lost']}, duplicated {f['duplicated']}")
-    if not doc["faults_source"]["source_alive_at_end"]:
-        found.append("the source died during the fault matrix")
-    for key in ("crash", "crash_feedback"):
+    for key in ("faults", "faults_watch"):
+        for f in doc.get(key, []):
+            if f["lost"] or f["duplicated"] or f["unexpected"]:
+                found.append(f"{key} {f['fault']}: lost {f['lost']}, duplicated {f['duplicated']}")
+        fared = doc.get(f"{key}_source")
+        if fared is not None and not fared["source_alive_at_end"]:
+            found.append(f"the source died during the fault matrix ({key})")
+    for key in ("crash", "crash_feedback", "crash_watch"):
         c = doc.get(key)
         if c and (c["lost"] or c["duplicated_outside_window"]):
             found.append(
@@ -227,6 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         if profile.crash_feedback is not None:
             doc["crash_feedback"] = crash_soak(workdir / "crash-fb", profile.crash_feedback)
+        if profile.watch:
+            watch_rows, watch_fared = fault_matrix(
+                workdir / "faults-watch", replace(profile.faults, mode="watch")
+            )
+            doc["faults_watch"] = watch_rows
+            doc["faults_watch_source"] = watch_fared
+            doc["crash_watch"] = crash_soak(
+                workdir / "crash-watch", replace(profile.crash, mode="watch")
+            )
         doc["hostile"] = hostile(workdir / "hostile", profile.hostile)
         doc["backlog"] = backlog(workdir / "backlog", profile.backlog)
         doc["sharing"] = sharing(workdir / "sharing", profile.sharing)

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.report import progress
 from bench.simfleet import JobPlan, JobRef, SimFleet
+from bench.soak_faults import WATCH_SETTINGS
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded, tally
 from winsim.jobs import Outcome
@@ -38,6 +39,7 @@ class CrashConfig:
     job_max_s: float = 3.0
     feedback: bool = False
     seed: int = 3
+    mode: str = "poll"
 
 
 def recorded(state_file: Path) -> set[Key]:
@@ -82,7 +84,9 @@ class JobStarter(threading.Thread):
 
 def crash_soak(workdir: Path, cfg: CrashConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
-    tag = "crash-feedback" if cfg.feedback else "crash"
+    tag = ("crash-feedback" if cfg.feedback else "crash") + (
+        "-watch" if cfg.mode == "watch" else ""
+    )
     with SimFleet(cfg.hosts, workdir / "sim", prefix="cr") as fleet:
         state_file = workdir / f"{tag}.state.json"
         events = EventFile(workdir / f"{tag}.events.jsonl")
@@ -93,6 +97,8 @@ def crash_soak(workdir: Path, cfg: CrashConfig) -> dict[str, Any]:
         }
         if cfg.feedback:
             args["feedback"] = True
+        if cfg.mode == "watch":
+            args.update(WATCH_SETTINGS)
         starter = JobStarter(fleet, cfg, rng)
         starter.start()
         unrecorded_at_kill: set[Key] = set()

@@ -29,6 +29,13 @@ SOURCE_SETTINGS: dict[str, Any] = {
     "backoff_max": 8,
     "auth_backoff": 10,
 }
+# watch mode: a short wait, the parked Receive's timeouts above it and below the slow reply
+WATCH_SETTINGS: dict[str, Any] = {
+    "mode": "watch",
+    "watch_wait": 3,
+    "operation_timeout": 5,
+    "read_timeout": 7,
+}
 SLOW_REPLY_S = 8.0  # beyond read_timeout
 FLAP_PERIOD_S = 2.0
 
@@ -54,6 +61,11 @@ class FaultConfig:
     fault_s: float = 20.0
     interval: float = 1.0
     seed: int = 11
+    mode: str = "poll"
+
+    def source_args(self) -> dict[str, Any]:
+        settings = {"interval": self.interval, **SOURCE_SETTINGS}
+        return {**settings, **WATCH_SETTINGS} if self.mode == "watch" else settings
 
 
 def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -67,7 +79,7 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
             for i, (label, _) in enumerate(FAULTS)
         }
         events = EventFile(workdir / "faults.events.jsonl")
-        args = {"hosts": fleet.source_hosts(), "interval": cfg.interval, **SOURCE_SETTINGS}
+        args = {"hosts": fleet.source_hosts(), **cfg.source_args()}
         source = SourceRun(workdir, args, events, "faults-source").start()
         try:
             if not source.wait_for(lambda: fleet.polled_hosts() == count, 60.0, step=0.2):
@@ -133,7 +145,7 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
     fared = {
         "source_alive_at_end": alive,
         "source_error": (exit_record or {}).get("error", "no exit record"),
-        "settings": {"interval": cfg.interval, **SOURCE_SETTINGS},
+        "settings": cfg.source_args(),
         "fault_s": cfg.fault_s,
     }
     return rows, fared
