@@ -103,6 +103,12 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
         assert row["emitted"] == row["expected"], row
         assert row["duplicated"] == 0, row
     assert doc["faults_source"]["source_alive_at_end"]
+    # the same matrix and crash soak in watch mode
+    for row in doc["faults_watch"]:
+        assert row["emitted"] == row["expected"], row
+        assert row["duplicated"] == 0, row
+    assert doc["faults_watch_source"]["source_alive_at_end"]
+    assert doc["crash_watch"]["lost"] == 0, doc["crash_watch"]
     crash = doc["crash"]
     assert set(crash) >= CRASH_KEYS
     assert crash["lost"] == 0, crash
