@@ -101,7 +101,8 @@ def _watch_while_starting(
             fleet, [host], CLASSIC_PLAYBOOK, extra, workdir, f"start-only-{rep}", tags="start"
         )
         _check_playbook(start_only, "start-only playbook")
-        if not source.wait_for(lambda: len(events.arrivals) >= cfg.jobs, EVENTS_TIMEOUT_S):
+        timeout = max(EVENTS_TIMEOUT_S, cfg.max_s + 60.0)  # the longest job, and room
+        if not source.wait_for(lambda: len(events.arrivals) >= cfg.jobs, timeout):
             raise BenchError(
                 f"the source emitted {len(events.arrivals)} of {cfg.jobs} events; "
                 f"see {source.log_path}\n{source.log_tail()}"
