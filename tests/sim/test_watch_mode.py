@@ -67,11 +67,11 @@ async def test_outcomes_arrive_while_the_polls_wait(sim: SimServerThread, tmp_pa
 
 
 async def test_a_cancel_ends_every_waiting_pipeline_within_seconds(
-    sim: SimServerThread, tmp_path: Path
+    sim: SimServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     names = [f"win{i:02d}" for i in range(5)]
     args = {**WATCH, "watch_wait": 50, "operation_timeout": 55, "read_timeout": 65}
-    async with watching(sim, tmp_path, names, **args) as w:
+    async with watching(sim, tmp_path, names, host_events=True, **args) as w:
         await async_wait_until(
             lambda: all(h.waiting_polls == 1 for h in w.hosts.values()), 30, "five waiting polls"
         )
@@ -81,6 +81,9 @@ async def test_a_cancel_ends_every_waiting_pipeline_within_seconds(
     assert all(h.waiting_polls == 0 for h in w.hosts.values())
     assert all(ep.open_shells == 0 for ep in w.endpoints.values())
     assert elapsed < 5, f"cancel took {elapsed:.1f} s"
+    # the polls ended by the cancel are no failures of the hosts (no log, no host event)
+    assert [e for e in w.events if "async_host" in e] == []
+    assert "poll failed" not in caplog.text
 
 
 def test_the_host_refuses_a_shell_past_max_shells_per_user(

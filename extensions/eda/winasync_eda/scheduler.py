@@ -157,7 +157,13 @@ class Scheduler:
             with attempt:
                 snap = await self._poll_once(slot)
             outcome = attempt.retry_state.outcome
-            if outcome is not None and outcome.failed:
+            # a cancel (the source stopping) is no failure of the host: no log, no host event;
+            # tenacity raises it at the next turn
+            if (
+                outcome is not None
+                and outcome.failed
+                and not isinstance(outcome.exception(), asyncio.CancelledError)
+            ):
                 await self._failed(slot, attempt.retry_state)
         if slot.failures:
             LOGGER.warning("%s: reachable again after %d failed polls", slot.name, slot.failures)
