@@ -608,6 +608,7 @@ def test_rulebook_from_installed_collection_runs_the_playbooks(
         "state_file": None,
         "redeliver_after": None,
         "host_events": True,
+        "shard": None,
         "password_given": True,
     }
     wait_until(
