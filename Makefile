@@ -10,11 +10,13 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip --disable-pip-version-check -q
 # ansible.windows is not on PyPI by itself: it is unpacked from the `ansible` package.
 ANSIBLE_PKG ?= ansible==14.5.0
+# the release being prepared, as galaxy.yml says (artifact names, make changelog)
+VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
 
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup test test-unit test-oldest lint demo bench bench-full soak build clean
+.PHONY: help setup test test-unit test-oldest lint demo bench bench-full soak build changelog clean
 
 help:
 	@echo "make demo        run the demo: simulated Windows hosts, async jobs, the rulebook reacting"
@@ -23,6 +25,7 @@ help:
 	@echo "make bench       quick benchmark; make bench-full: the full one"
 	@echo "make soak        reliability suite at full length"
 	@echo "make build       build the collection artifact into $(WORK)/dist"
+	@echo "make changelog   release the fragments in changelogs/fragments as $(VERSION) (galaxy.yml)"
 
 $(VENV)/.installed: pyproject.toml
 	@tools/find-python 3.12 >/dev/null
@@ -64,6 +67,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/antsibull-changelog lint
 	$(VENV)/bin/ansible-lint --profile production playbooks rulebooks
 
 demo: setup
@@ -81,6 +85,11 @@ soak: setup
 build: setup
 	@mkdir -p $(WORK)/dist
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(WORK)/dist .
+
+# The release manager's step: galaxy.yml's version gets the fragments; CHANGELOG.md regenerated.
+changelog: setup
+	$(VENV)/bin/antsibull-changelog release --version $(VERSION)
+	$(VENV)/bin/antsibull-changelog generate
 
 clean:
 	rm -rf $(WORK) .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from tests.galaxy_meta import artifact_name
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -33,7 +35,7 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
         capture_output=True,
         timeout=120,
     )
-    artifact = tmp_path / "winasync-eda-1.0.0.tar.gz"
+    artifact = tmp_path / artifact_name()
     with tarfile.open(artifact) as tar:
         names = tar.getnames()
     assert "extensions/eda/plugins/event_source/async_jobs.py" in names

@@ -6,4 +6,4 @@ event shape), ``tracker`` (what is new on one host), ``scheduler`` (when each ho
 ``checkpoint`` and ``delivery`` (exactly-once across restarts), ``transports`` (PSRP and local).
 """
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
