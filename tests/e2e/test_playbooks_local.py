@@ -403,6 +403,40 @@ def test_record_file_from_environment(local: Local) -> None:
     assert not (local.async_dir / jid).exists()
 
 
+@pytest.mark.parametrize("playbook", ["job_finished.yml", "job_failed.yml"])
+def test_without_an_event_no_host_is_targeted_and_the_run_says_why(
+    local: Local, playbook: str
+) -> None:
+    # Every host here, localhost included, would be reached over ssh at an address that
+    # answers nothing (TEST-NET-1): any task that touched one would show it unreachable.
+    local.inventory.write_text(
+        "win01 ansible_connection=ssh ansible_host=192.0.2.1 ansible_timeout=2\n"
+        "localhost ansible_connection=ssh ansible_host=192.0.2.2 ansible_timeout=2\n",
+        encoding="utf-8",
+    )
+    listed = local.run(REPO / "playbooks" / playbook, {"ansible_eda": {}})
+    proc = local.run(
+        REPO / "playbooks" / playbook,
+        {"winasync_record_file": str(local.record), "winasync_followup_tasks": HOOK_MARKER},
+    )
+
+    assert proc.returncode != 0
+    assert "No winasync.eda event: ansible_eda.event.async_job.host is not set" in proc.stdout
+    assert "win01" not in proc.stdout
+    assert "UNREACHABLE" not in proc.stdout
+    recap = proc.stdout.split("PLAY RECAP", 1)[1].split()
+    assert recap[recap.index("localhost") + 1 :][:5] == [
+        ":", "ok=0", "changed=0", "unreachable=0", "failed=1",
+    ]  # fmt: skip
+    assert "Validate the event" not in proc.stdout
+    assert local.records() == []
+    assert not local.marker.exists()
+    # An event without a host: the same stop, before any host is targeted.
+    assert listed.returncode != 0
+    assert "No winasync.eda event" in listed.stdout
+    assert "win01" not in listed.stdout
+
+
 @pytest.mark.parametrize(
     "extra",
     [
