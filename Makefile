@@ -4,6 +4,8 @@ SHELL := /bin/bash
 
 VENV        ?= .venv
 VENV_OLDEST ?= .venv-py311
+# galaxy-importer and ansible-builder: a venv of their own (pyproject.toml, group importer)
+VENV_IMPORTER ?= .venv-importer
 WORK        := .work
 COLLECTIONS := $(WORK)/collections
 PY          := $(VENV)/bin/python
@@ -16,12 +18,13 @@ VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup test test-unit test-oldest lint demo bench bench-full soak build changelog clean
+.PHONY: help setup setup-importer test test-unit test-oldest lint sanity demo bench bench-full soak build changelog clean
 
 help:
 	@echo "make demo        run the demo: simulated Windows hosts, async jobs, the rulebook reacting"
 	@echo "make test        set up and run every test (what CI runs)"
-	@echo "make lint        ruff, mypy --strict, ansible-lint"
+	@echo "make lint        ruff, mypy --strict, ansible-lint, antsibull-changelog lint"
+	@echo "make sanity      ansible-test sanity on the collection (offline)"
 	@echo "make bench       quick benchmark; make bench-full: the full one"
 	@echo "make soak        reliability suite at full length"
 	@echo "make build       build the collection artifact into $(WORK)/dist"
@@ -41,6 +44,14 @@ $(VENV_OLDEST)/.installed: pyproject.toml
 	$(VENV_OLDEST)/bin/python -m pip --disable-pip-version-check -q install --group unit-oldest
 	@touch $@
 
+$(VENV_IMPORTER)/.installed: pyproject.toml
+	@test -x $(VENV_IMPORTER)/bin/python || "$$(tools/find-python 3.12)" -m venv $(VENV_IMPORTER)
+	$(VENV_IMPORTER)/bin/python -m pip --disable-pip-version-check -q install -U 'pip>=25.1'
+	$(VENV_IMPORTER)/bin/python -m pip --disable-pip-version-check -q install --group importer
+	@touch $@
+
+setup-importer: $(VENV_IMPORTER)/.installed
+
 $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json: $(VENV)/.installed
 	@echo "== unpacking ansible.windows from $(ANSIBLE_PKG)"
 	$(PY) tools/install_ansible_windows.py --package '$(ANSIBLE_PKG)' --dest $(COLLECTIONS)
@@ -54,9 +65,9 @@ setup: $(VENV)/.installed $(COLLECTIONS)/ansible_collections/ansible/windows/MAN
 	@mkdir -p $(WORK)/checkout/ansible_collections/winasync
 	@ln -sfn $(CURDIR) $(WORK)/checkout/ansible_collections/winasync/eda
 
-test: setup $(VENV_OLDEST)/.installed lint
-	@echo "== tests on Python 3.12, newest ansible-core"
-	$(PY) -m pytest
+test: setup $(VENV_OLDEST)/.installed setup-importer lint sanity
+	@echo "== tests on Python 3.12, newest ansible-core (tests/galaxy: galaxy-importer, ansible-builder)"
+	WINASYNC_IMPORTER_VENV=$(CURDIR)/$(VENV_IMPORTER) $(PY) -m pytest
 	@echo "== unit tests on Python 3.11, ansible-core 2.19"
 	$(VENV_OLDEST)/bin/python -m pytest tests/unit -p no:cacheprovider
 
@@ -70,6 +81,11 @@ lint: setup
 	$(VENV)/bin/antsibull-changelog lint
 	@# the whole tree (.ansible-lint: profile production; only environments and .work excluded)
 	$(VENV)/bin/ansible-lint
+
+# tools/sanity.py: a copy of the checkout as a git work tree under .work/sanity, pip bootstrapped
+# offline; pslint is skipped there (no pwsh), with its reason.
+sanity: setup
+	$(PY) tools/sanity.py
 
 demo: setup
 	$(PY) -m demo

@@ -279,7 +279,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m winsim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m winsim", description=__doc__.split("\n", maxsplit=1)[0]
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the hosts do")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -40,6 +40,7 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             timeout=300,
+            check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         result = json.loads(out.read_text())

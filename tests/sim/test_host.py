@@ -383,7 +383,13 @@ def test_command_line_serve_job_reboot(tmp_path: Path) -> None:
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [*cli, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=60
+                [*cli, *args],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=REPO,
+                timeout=60,
+                check=False,
             )
 
         started = run("job", "--state", str(state), "--host", "win01", "--outcome", "failed")

@@ -108,7 +108,7 @@ def answer(**changes: Any) -> list[object]:
 class Step:
     """What the fake host does with one pipeline."""
 
-    output: list[object] = field(default_factory=lambda: answer())
+    output: list[object] = field(default_factory=answer)
     fail_at: str | None = None  # "begin" | "poll" | "close"
     exc: Exception | None = None
     had_errors: bool = False
