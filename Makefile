@@ -18,7 +18,7 @@ VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup setup-importer test test-unit test-oldest lint sanity demo bench bench-full soak build changelog clean
+.PHONY: help setup setup-importer test test-unit test-oldest lint sanity demo bench bench-full soak build changelog de-context clean
 
 help:
 	@echo "make demo        run the demo: simulated Windows hosts, async jobs, the rulebook reacting"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench       quick benchmark; make bench-full: the full one"
 	@echo "make soak        reliability suite at full length"
 	@echo "make build       build the collection artifact into $(WORK)/dist"
+	@echo "make de-context  build context of the decision environment in $(WORK)/de (ansible-builder)"
 	@echo "make changelog   release the fragments in changelogs/fragments as $(VERSION) (galaxy.yml)"
 
 $(VENV)/.installed: pyproject.toml
@@ -102,6 +103,13 @@ soak: setup
 build: setup
 	@mkdir -p $(WORK)/dist
 	$(VENV)/bin/ansible-galaxy collection build --force --output-path $(WORK)/dist .
+
+# decision-environment.yml takes the artifact under a fixed name, so it names no version.
+de-context: build setup-importer
+	cp $(WORK)/dist/winasync-eda-$(VERSION).tar.gz $(WORK)/dist/winasync-eda.tar.gz
+	rm -rf $(WORK)/de
+	$(VENV_IMPORTER)/bin/ansible-builder create -f decision-environment.yml -c $(WORK)/de \
+	  --output-filename Containerfile
 
 # The release manager's step: galaxy.yml's version gets the fragments; CHANGELOG.md regenerated.
 changelog: setup
