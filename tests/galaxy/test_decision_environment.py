@@ -8,7 +8,6 @@ runs) on the installed artifact, to see the requirements the image would get fro
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.galaxy.tools import BIN, build_artifact, importer_bin
-from tests.galaxy_meta import ROOT, galaxy
+from tests.collection import ROOT, build_artifact, galaxy, install_artifact
+from tests.galaxy.tools import importer_bin
 
 
 @pytest.fixture(scope="module")
@@ -96,21 +95,7 @@ def test_the_build_reads_the_source_requirements_from_the_collection(
     context: Path, tmp_path: Path
 ) -> None:
     collections = tmp_path / "collections"
-    subprocess.run(
-        [
-            str(BIN / "ansible-galaxy"),
-            "collection",
-            "install",
-            "--no-deps",
-            "-p",
-            str(collections),
-            str(context / "_build" / "collections" / "winasync-eda.tar.gz"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "HOME": str(tmp_path), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")},
-    )
+    install_artifact(context / "_build" / "collections" / "winasync-eda.tar.gz", collections)
     out = subprocess.run(
         [str(importer_bin() / "ansible-builder"), "introspect", "--sanitize", str(collections)],
         check=True,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.galaxy.tools import build_artifact, importer_bin
-from tests.galaxy_meta import version
+from tests.collection import build_artifact, version
+from tests.galaxy.tools import importer_bin
 
 CONFIG = """\
 [galaxy-importer]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import winasync_eda
 
-from tests.galaxy_meta import galaxy, version
+from tests.collection import galaxy, version
 
 
 def test_package_version_is_galaxy_version() -> None:
