@@ -97,12 +97,3 @@ def test_running_the_plugin_file_prints_events(local_jobs: tuple[Path, dict[str,
         proc.wait(timeout=20)
     text = out.read_text()
     assert '"status": "timed_out"' in text and '"status": "failed"' in text
-
-
-def test_documentation_lists_exactly_the_accepted_arguments() -> None:
-    import yaml
-    from winasync_eda import config
-
-    documented = set(yaml.safe_load(runpy.run_path(str(PLUGIN))["DOCUMENTATION"])["options"])
-    accepted = set(config._SOURCE_KEYS) | set(config._HOST_DEFAULTS)
-    assert documented == accepted

@@ -1,4 +1,5 @@
-"""An in-memory host for the scheduler and delivery tests (one unit: no network, no disk)."""
+"""An in-memory host for the scheduler and delivery tests (one unit: no network, no disk), and
+the settings of one PSRP host for the settings and transport tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
 from winasync_eda.transports.base import (
     AuthenticationFailed,
     FileEntry,
@@ -17,6 +20,21 @@ from winasync_eda.transports.base import (
     Snapshot,
     TransportError,
 )
+
+PASSWORD = "Pa$$w0rd-Zebra/42!"
+HOST = "win01"
+
+
+def settings(**changes: Any) -> HostSettings:
+    """A PSRP host with a username and a password, changed by ``changes``."""
+    values: dict[str, Any] = {
+        "name": HOST,
+        "address": "win01.example.com",
+        "username": "ansible",
+        "password": Secret(PASSWORD),
+        **changes,
+    }
+    return HostSettings(**values)
 
 
 def running(jid: str, pid: int = 4242) -> bytes:

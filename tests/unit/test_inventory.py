@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from winasync_eda.config import ConfigError, HostConfig, SourceConfig, parse_args
+from winasync_eda.config import ConfigError, SourceConfig, parse_args
 from winasync_eda.inventory import load_hosts
 from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "inventories"
 INI = str(DATA / "ini" / "hosts.ini")
@@ -28,7 +29,7 @@ def _password_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WINASYNC_TEST_PASSWORD", PASSWORD)
 
 
-def by_name(config: SourceConfig) -> dict[str, HostConfig]:
+def by_name(config: SourceConfig) -> dict[str, HostSettings]:
     return {host.name: host for host in config.hosts}
 
 

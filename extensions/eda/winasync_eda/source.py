@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .checkpoint import Checkpoint
-from .config import HostConfig, SourceConfig, parse_args
+from .config import SourceConfig, parse_args
 from .delivery import Delivery
 from .scheduler import HostSlot, Scheduler, Timing
+from .settings import HostSettings
 from .tracker import HostTracker
 from .transports.base import Transport
 from .transports.local import LocalTransport
@@ -25,35 +26,14 @@ CLOSE_TIMEOUT_S = 15.0
 
 
 def make_transport(
-    host: HostConfig, cfg: SourceConfig, executor: ThreadPoolExecutor | None = None
+    host: HostSettings, cfg: SourceConfig, executor: ThreadPoolExecutor | None = None
 ) -> Transport:
     """The transport for one host (PSRP unless ``connection: local``)."""
     if host.connection == "local":
         return LocalTransport(host.name)
     from .transports.psrp import PsrpTransport
-    from .transports.psrp_settings import PsrpSettings
 
-    return PsrpTransport(
-        PsrpSettings(
-            host_name=host.name,
-            address=host.address,
-            port=host.port,
-            protocol=host.protocol,
-            username=host.username,
-            password=host.password,
-            auth=host.auth,
-            cert_validation=host.cert_validation,
-            path=host.path,
-            connection_timeout=host.connection_timeout,
-            read_timeout=host.read_timeout,
-            operation_timeout=max(1, int(host.operation_timeout)),
-            call_deadline_s=cfg.poll_timeout,
-            encryption=host.encryption,
-            certificate_pem=host.certificate_pem,
-            certificate_key_pem=host.certificate_key_pem,
-        ),
-        executor,
-    )
+    return PsrpTransport(host, cfg.poll_timeout, executor)
 
 
 async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
