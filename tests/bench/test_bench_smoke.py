@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 TIMEOUT_S = 420
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sim]
@@ -37,17 +38,17 @@ CRASH_KEYS = {"runs", "jobs", "handled", "lost", "duplicated"}
 
 def _collections() -> Path:
     return Path(
-        os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(ROOT / ".work" / "collections"))
+        os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".work" / "collections"))
     ).resolve()
 
 
 def _run(module: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["ANSIBLE_COLLECTIONS_PATH"] = str(_collections())
     proc = subprocess.run(
         [sys.executable, "-m", module, "--smoke", "--out", str(out)],
-        cwd=ROOT,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,

@@ -8,7 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 BIN = Path(sys.executable).parent
 
 
@@ -26,7 +27,7 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
             "build",
             "--output-path",
             str(tmp_path),
-            str(ROOT),
+            str(REPO),
         ],
         check=True,
         env=env,

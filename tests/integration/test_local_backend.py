@@ -15,10 +15,8 @@ from typing import Any
 
 from winasync_eda.source import run
 
+from tests.paths import PLUGIN
 from tests.waiting import async_wait_until, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = ROOT / "extensions" / "eda" / "plugins" / "event_source" / "async_jobs.py"
 
 
 async def collect(args: dict[str, Any], count: int, timeout: float = 60) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +10,8 @@ import yaml
 from winasync_eda.config import ARGUMENTS, SourceConfig, parse_args
 from winasync_eda.settings import LOCAL_ASYNC_DIR, PSRP_ASYNC_DIR
 
-PLUGIN = Path(__file__).resolve().parents[2] / "extensions/eda/plugins/event_source/async_jobs.py"
+from tests.paths import PLUGIN
+
 OPTIONS: dict[str, dict[str, Any]] = yaml.safe_load(runpy.run_path(str(PLUGIN))["DOCUMENTATION"])[
     "options"
 ]
