@@ -14,11 +14,12 @@ ANSIBLE_PKG ?= ansible==14.5.0
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup test test-unit test-oldest lint demo bench bench-full soak build clean
+.PHONY: help setup test test-unit test-integration test-sim test-e2e test-bench test-oldest lint demo bench bench-full soak build clean
 
 help:
 	@echo "make demo        run the demo: simulated Windows hosts, async jobs, the rulebook reacting"
 	@echo "make test        set up and run every test (what CI runs)"
+	@echo "make test-unit   one test folder: test-unit, test-integration, test-sim, test-e2e, test-bench"
 	@echo "make lint        ruff, mypy --strict, ansible-lint"
 	@echo "make bench       quick benchmark; make bench-full: the full one"
 	@echo "make soak        reliability suite at full length"
@@ -57,8 +58,9 @@ test: setup $(VENV_OLDEST)/.installed lint
 	@echo "== unit tests on Python 3.11, ansible-core 2.19"
 	$(VENV_OLDEST)/bin/python -m pytest tests/unit -p no:cacheprovider
 
-test-unit: setup
-	$(PY) -m pytest tests/unit
+# one target per test folder (tests/README.md says what each needs)
+test-unit test-integration test-sim test-e2e test-bench: test-%: setup
+	$(PY) -m pytest tests/$*
 
 lint: setup
 	$(VENV)/bin/ruff check .

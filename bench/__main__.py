@@ -2,9 +2,9 @@
 
 - head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs;
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
-- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
+- fleet (``bench.scale``): latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
 
-Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``).
+Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``); its keys are public (``docs/contract.md``).
 """
 
 from __future__ import annotations

@@ -88,28 +88,9 @@ class SimServerThread(Lifecycle):
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.call_timeout)
 
-    def add_host(
-        self,
-        name: str,
-        host: Any,
-        *,
-        username: str,
-        password: str,
-        address: str = "127.0.0.1",
-        port: int = 0,
-        https: bool = False,
-    ) -> HostEndpoint:
-        return self.call(
-            self.server.add_host(
-                name,
-                host,
-                username=username,
-                password=password,
-                address=address,
-                port=port,
-                https=https,
-            )
-        )
+    def add_host(self, name: str, host: Any, **options: Any) -> HostEndpoint:
+        """``SimServer.add_host`` (``username``, ``password``, ``https``, ...) from this thread."""
+        return self.call(self.server.add_host(name, host, **options))
 
     def remove_host(self, name: str) -> None:
         self.call(self.server.remove_host(name))

@@ -8,11 +8,7 @@ from pathlib import Path
 import pytest
 from winasync_eda.checkpoint import Checkpoint, CheckpointError
 
-from tests.unit.fakes import (
-    FakeHost,
-    Watching,
-    finished,
-)
+from tests.unit.fakes import FakeHost, Watching, finished
 from tests.waiting import async_wait_until
 
 

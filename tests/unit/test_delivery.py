@@ -7,13 +7,7 @@ from pathlib import Path
 
 from winasync_eda.model import Status
 
-from tests.unit.fakes import (
-    DIR,
-    FakeHost,
-    Watching,
-    finished,
-    running,
-)
+from tests.unit.fakes import DIR, FakeHost, Watching, finished, running
 from tests.waiting import async_wait_until
 
 

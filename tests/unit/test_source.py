@@ -8,11 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import (
-    FakeHost,
-    FakeTransport,
-    finished,
-)
+from tests.unit.fakes import FakeHost, FakeTransport, finished
 from tests.waiting import async_wait_until
 
 
