@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from winasync_eda.checkpoint import Checkpoint
+from winasync_eda.config import parse_args
 from winasync_eda.delivery import Delivery
 from winasync_eda.model import DEFAULT_EMIT, Status
 from winasync_eda.scheduler import HostSlot, Scheduler, Timing
@@ -42,6 +43,23 @@ def settings(**changes: Any) -> HostSettings:
         **changes,
     }
     return HostSettings(**values)
+
+
+_DEFAULTS = parse_args({"hosts": [{"name": "me", "connection": "local"}]})
+
+
+def source_timing(**changes: Any) -> Timing:
+    """The scheduler's timing at the source's defaults, changed by ``changes``."""
+    values: dict[str, Any] = {
+        "interval": _DEFAULTS.interval,
+        "jitter": _DEFAULTS.jitter,
+        "max_concurrency": _DEFAULTS.max_concurrency,
+        "poll_timeout": _DEFAULTS.poll_timeout,
+        "backoff_max": _DEFAULTS.backoff_max,
+        "auth_backoff": _DEFAULTS.auth_backoff,
+        **changes,
+    }
+    return Timing(**values)
 
 
 def running(jid: str, pid: int = 4242) -> bytes:
@@ -187,7 +205,7 @@ class Watching:
         self.scheduler = Scheduler(
             self.slots,
             self.delivery,
-            timing or Timing(interval=0.05, jitter=0.1, backoff_max=0.4),
+            timing or source_timing(interval=0.05, jitter=0.1, backoff_max=0.4),
             host_events=host_events,
         )
         self._tasks: list[asyncio.Task[None]] = []

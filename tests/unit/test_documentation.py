@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 from winasync_eda.config import ARGUMENTS, SourceConfig, parse_args
-from winasync_eda.settings import LOCAL_ASYNC_DIR, PSRP_ASYNC_DIR
+from winasync_eda.settings import AUTHS, LOCAL_ASYNC_DIR, PROTOCOLS, PSRP_ASYNC_DIR
 
 from tests.paths import PLUGIN
 
@@ -52,3 +52,8 @@ def test_an_argument_without_a_documented_default_is_unset_by_default(name: str)
         return  # given here, or not kept as such
     actual = host[name] if name in host else getattr(config, name)
     assert actual is None, name
+
+
+def test_documented_choices_are_the_accepted_ones() -> None:
+    assert OPTIONS["auth"]["choices"] == list(AUTHS)
+    assert OPTIONS["protocol"]["choices"] == list(PROTOCOLS)

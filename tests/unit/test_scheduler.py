@@ -6,7 +6,6 @@ import logging
 from typing import ClassVar
 
 import pytest
-from winasync_eda.scheduler import Timing
 from winasync_eda.transports.base import PollRequest, Snapshot
 
 from tests.unit.fakes import (
@@ -16,6 +15,7 @@ from tests.unit.fakes import (
     TransportError,
     Watching,
     finished,
+    source_timing,
 )
 from tests.waiting import async_wait_until
 
@@ -58,8 +58,8 @@ async def test_authentication_failure_backs_off_long() -> None:
     a = FakeHost("win01")
     a.fail_always = AuthenticationFailed("win01: authentication failed")
     other = FakeHost("win02")
-    timing = Timing(interval=0.05, backoff_max=0.2, auth_backoff=3600)
-    async with Watching([a, other], timing=timing):
+    slow = source_timing(interval=0.05, backoff_max=0.2, auth_backoff=3600)
+    async with Watching([a, other], timing=slow):
         await async_wait_until(lambda: other.polls >= 20, 10, "the other host keeps going")
     assert a.polls == 1
 
@@ -81,7 +81,7 @@ class GaugedTransport(FakeTransport):
 
 async def test_concurrency_is_capped() -> None:
     hosts = [FakeHost(f"win{i:02d}", delay_s=0.05) for i in range(12)]
-    h = Watching(hosts, timing=Timing(interval=0.01, jitter=0.0, max_concurrency=3))
+    h = Watching(hosts, timing=source_timing(interval=0.01, jitter=0.0, max_concurrency=3))
     for slot, host in zip(h.slots, hosts, strict=True):
         slot.transport = GaugedTransport(host)
     async with h:
