@@ -45,6 +45,7 @@ $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json: $(VENV)/.insta
 
 setup: $(VENV)/.installed $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json
 	@tools/ensure-java
+	@tools/ensure-postgres
 	@# the checkout as the collection winasync.eda, for running rulebooks from a checkout
 	@# (README). Kept out of the exported ANSIBLE_COLLECTIONS_PATH: there it would shadow
 	@# an installed copy, and ansible-galaxy would refuse to install one.

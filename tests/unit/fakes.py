@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from winasync_eda.checkpoint import Checkpoint
+from winasync_eda.checkpoint import Checkpoint, CheckpointStore
 from winasync_eda.config import parse_args
 from winasync_eda.delivery import Delivery
 from winasync_eda.model import DEFAULT_EMIT, Status
@@ -186,11 +186,12 @@ class Watching:
         redeliver_after: float | None = None,
         feedback: bool = False,
         host_events: bool = False,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.hosts = hosts
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
         self.events: list[dict[str, Any]] = []
-        self.checkpoint = Checkpoint(state)
+        self.checkpoint = Checkpoint(state, store)
         self.feedback: asyncio.Queue[Any] | None = asyncio.Queue() if feedback else None
         self.ack = True
         self.delivery = Delivery(
@@ -233,6 +234,7 @@ class Watching:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await self.delivery.stop()
+        await self.checkpoint.close()
 
     def jobs(self, status: str | None = None) -> list[tuple[str, str, str]]:
         out = [

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from . import checks
+from .checkpoint_pg import DbTarget, checkpoint_id, db_target, rulebook_persistence_id
 from .checks import SOURCE_NAME, ConfigError, error
 from .hosts import HOST_ARGUMENTS, build_hosts
 from .model import DEFAULT_EMIT, Status
@@ -56,6 +58,8 @@ class SourceConfig:
     jitter: float = field(default=0.1, metadata={"check": checks.fraction})
     emit: frozenset[Status] = field(default=DEFAULT_EMIT, metadata={"check": checks.emit})
     state_file: Path | None = field(default=None, metadata={"check": checks.state_file})
+    checkpoint_db: DbTarget | None = field(default=None, metadata={"check": db_target})
+    checkpoint_id: str | None = field(default=None, metadata={"check": checkpoint_id})
     redeliver_after: float | None = field(default=None, metadata={"check": checks.seconds})
     lost_after: float | None = field(default=None, metadata={"check": checks.seconds})
     max_output_bytes: int = field(default=65536, metadata={"check": checks.at_least(256)})
@@ -101,6 +105,11 @@ def _given_passwords(args: Any) -> list[str]:
     hosts = args.get("hosts")
     if isinstance(hosts, Sequence) and not isinstance(hosts, str | bytes):
         candidates += [item.get("password") for item in hosts if isinstance(item, Mapping)]
+    db = args.get("checkpoint_db")
+    if isinstance(db, Mapping):
+        candidates += [db.get("password"), db.get("sslpassword")]
+    elif isinstance(db, str):
+        candidates += re.findall(r"(?:password=|://[^:/@\s]*:)([^\s@]+)", db)
     found = []
     for candidate in candidates:
         if isinstance(candidate, Secret):
@@ -124,6 +133,17 @@ def _parse(args: Mapping[str, Any], secrets: list[str]) -> SourceConfig:
     for spec in _CHECKED:
         raw = args.get(spec.name)
         values[spec.name] = spec.default if raw is None else spec.metadata["check"](raw, spec.name)
+    if values["checkpoint_db"] is not None:
+        if values["state_file"] is not None:
+            raise error("checkpoint_db", "and state_file are both set: keep the checkpoint in one")
+        if values["checkpoint_id"] is None:
+            found = rulebook_persistence_id()
+            if found is None:
+                raise error(
+                    "checkpoint_db",
+                    "needs checkpoint_id, or ansible-rulebook's --persistence-id, to name its table",
+                )
+            values["checkpoint_id"] = checkpoint_id(found, "--persistence-id")
     if not values["emit"] and not values["host_events"]:
         raise error("emit", "is empty and host_events is off: nothing would be emitted")
     if values["feedback"]:

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .checkpoint import Checkpoint
+from .checkpoint_pg import PostgresStore
 from .config import SourceConfig, parse_args
 from .delivery import Delivery
 from .scheduler import HostSlot, Scheduler, Timing
@@ -40,7 +41,11 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     """Watch the configured hosts until cancelled."""
     # off the event loop: a large inventory takes seconds to read and template
     cfg = await asyncio.to_thread(parse_args, args)
-    checkpoint = Checkpoint(cfg.state_file)
+    store = None
+    if cfg.checkpoint_db is not None:
+        assert cfg.checkpoint_id is not None  # parse_args sees to it
+        store = PostgresStore(cfg.checkpoint_db, cfg.checkpoint_id)
+    checkpoint = Checkpoint(cfg.state_file, store)
     await checkpoint.load()
     delivery = Delivery(
         queue,
@@ -75,12 +80,13 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         max_bytes=max(1024 * 1024, 4 * cfg.max_output_bytes),
     )
     LOGGER.info(
-        "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",
+        "watching %d hosts every %.1f s (at most %d at once); emitting %s%s%s",
         len(slots),
         cfg.interval,
         cfg.max_concurrency,
         ", ".join(sorted(cfg.emit)),
         f"; checkpoint {cfg.state_file}" if cfg.state_file else "",
+        f"; checkpoint in PostgreSQL table {store.table}" if store else "",
     )
     await delivery.start()
     try:
@@ -105,4 +111,5 @@ async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:
                     "%s: closing the connection failed: %s", slot.name, type(result).__name__
                 )
     await delivery.stop()
+    await delivery.checkpoint.close()
     LOGGER.info("stopped: %d connections closed, checkpoint flushed", len(slots))
