@@ -89,6 +89,8 @@ class Rulebook(Lifecycle):
     env_vars: Sequence[str] = ()
     source_dirs: Sequence[Path] = ()
     persistence_id: str | None = None
+    # --id: the worker's name in the engine's persistence (another node, another id)
+    node_id: str | None = None
     collections: Sequence[Path] = ()
     verbosity: int = 1
     log_path: Path | None = None
@@ -114,6 +116,8 @@ class Rulebook(Lifecycle):
             cmd += ["-S", str(directory)]
         if self.persistence_id is not None:
             cmd += ["--persistence-id", self.persistence_id]
+        if self.node_id is not None:
+            cmd += ["--id", self.node_id]
         if self.verbosity > 0:
             cmd.append("-" + "v" * self.verbosity)
         return cmd
