@@ -136,6 +136,7 @@ class FailoverChain:
     drools_vars: Mapping[str, Any]
     rng: random.Random
     interval: float = 0.5
+    rulebook: str | Path = "winasync.eda.windows_async_jobs"
     redeliver_after: float | None = None
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     nodes: list[Rulebook] = field(default_factory=list)
@@ -198,7 +199,7 @@ class FailoverChain:
         if self.redeliver_after is not None:
             variables["winasync_redeliver_after"] = self.redeliver_after
         node = Rulebook(
-            "winasync.eda.windows_async_jobs",
+            self.rulebook,
             self.sim.inventory,
             workdir,
             env,
@@ -262,25 +263,29 @@ class FailoverChain:
                 node = self.start_node()
                 kill.takeover_s = time.monotonic() - kill.at
             self.start_jobs(2)
-            settled = self._wait(
-                lambda: self.recorded() >= set(self.jobs) and not self.files_left(),
-                STEP_TIMEOUT_S,
-            )
-            if settled:
-                # one more poll cycle and no playbook running: a repeat would have shown by now
-                cycles = node.text().count("poll cycle (")
-                self._wait(
-                    lambda: (
-                        node.text().count("poll cycle (") > cycles and not node.playbooks_running()
-                    ),
-                    STEP_TIMEOUT_S,
-                )
-            else:
-                log.warning("not settled: %s", node.tail())
+            self.settle(node)
         finally:
-            for each in self.nodes:
-                each.stop()
+            self.stop()
         return self.result(failovers)
+
+    def settle(self, node: Rulebook) -> bool:
+        """Wait until every job is recorded and its file gone, then one more poll cycle with
+        no playbook running (a repeat, if one were coming, would have begun by then)."""
+        settled = self._wait(
+            lambda: self.recorded() >= set(self.jobs) and not self.files_left(), STEP_TIMEOUT_S
+        )
+        if not settled:
+            log.warning("not settled: %s", node.tail())
+            return False
+        cycles = node.text().count("poll cycle (")
+        return self._wait(
+            lambda: node.text().count("poll cycle (") > cycles and not node.playbooks_running(),
+            STEP_TIMEOUT_S,
+        )
+
+    def stop(self) -> None:
+        for each in self.nodes:
+            each.stop()
 
     def result(self, runs: int) -> FailoverResult:
         self.observe()

@@ -34,6 +34,7 @@ FLEET_KEYS = {
 }
 FAULT_KEYS = {"fault", "hosts", "jobs", "expected", "emitted", "duplicated", "worst_latency_s"}
 CRASH_KEYS = {"runs", "jobs", "handled", "lost", "duplicated"}
+FAILOVER_KEYS = CRASH_KEYS | {"duplicated_outside_window"}
 
 
 def _collections() -> Path:
@@ -99,6 +100,10 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
     # a repeat is allowed only inside the documented at-least-once window (event handed over,
     # checkpoint not yet written when SIGKILL came); anything else is a bug
     assert crash["duplicated"] == crash["duplicated_in_window"], crash
+    failover = doc["failover"]
+    assert set(failover) >= FAILOVER_KEYS
+    assert (failover["lost"], failover["duplicated_outside_window"]) == (0, 0), failover
+    assert failover["handled"] == failover["jobs"] > 0
     hostile = doc["hostile"]
     assert hostile["source_alive_at_end"]
     assert hostile["bad_name_events"] == 0, hostile["files"]
