@@ -4,11 +4,13 @@ loses nothing, one clear line when the database is away at start."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -170,3 +172,36 @@ def test_sigkill_in_the_middle_of_writes_leaves_one_whole_batch(
     count, low, high = found
     assert (count, low) == (50, high), "a write was torn"
     assert high >= kill_after_batches
+
+
+async def test_the_source_stops_in_bounded_time_while_the_database_is_away(
+    own_postgres: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from winasync_eda import source
+
+    monkeypatch.setattr(source, "CLOSE_TIMEOUT_S", 1.0)
+    async_dir = tmp_path / "async"
+    async_dir.mkdir()
+    (async_dir / "j1.1").write_bytes(finished("j1.1"))
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    task = asyncio.create_task(
+        source.run(
+            queue,
+            {
+                "hosts": [{"name": "me", "connection": "local", "async_dir": str(async_dir)}],
+                "interval": 0.05,
+                "checkpoint_db": own_postgres.conninfo(),
+                "checkpoint_id": "stop",
+            },
+        )
+    )
+    await async_wait_until(lambda: queue.qsize() == 1, 15, "the first event")
+    own_postgres.cluster.pause()
+    (async_dir / "j2.2").write_bytes(finished("j2.2"))
+    await async_wait_until(lambda: queue.qsize() == 2, 15, "the second event, not yet recorded")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 20)
+    own_postgres.cluster.resume()
+    # the first outcome was recorded, the second not: it is emitted again at the next start
+    assert rows(own_postgres, "winasync_checkpoint_stop") == [("me", "j1.1", "finished")]

@@ -110,6 +110,14 @@ async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:
                 LOGGER.warning(
                     "%s: closing the connection failed: %s", slot.name, type(result).__name__
                 )
-    await delivery.stop()
+    try:
+        # a checkpoint database that is away would make the last flush wait for good
+        await asyncio.wait_for(delivery.stop(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        LOGGER.warning(
+            "the checkpoint could not be written within %.0f s: the last outcomes will be "
+            "emitted again at the next start",
+            CLOSE_TIMEOUT_S,
+        )
     await delivery.checkpoint.close()
     LOGGER.info("stopped: %d connections closed, checkpoint flushed", len(slots))
