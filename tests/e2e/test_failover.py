@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.failover import KILL_MOMENTS, FailoverChain
 from harness.sim_process import SimProcess
@@ -97,3 +98,35 @@ def test_postgres_away_for_30_s_while_jobs_finish_loses_nothing_and_leaks_no_sec
     password = own_postgres.cluster.password
     for path in [*(n.log for n in chain.nodes), chain.record, chain.hooks]:
         assert password not in path.read_text(encoding="utf-8"), f"password in {path.name}"
+
+
+@pytest.mark.parametrize("name", ["windows_async_jobs.yml", "windows_async_jobs_controller.yml"])
+def test_both_shipped_rulebooks_hand_the_drools_db_variables_to_the_checkpoint(name: str) -> None:
+    from ansible_rulebook.util import substitute_variables  # type: ignore[import-untyped]
+    from winasync_eda.checkpoint_pg import db_target
+
+    doc = yaml.safe_load((REPO / "rulebooks" / name).read_text(encoding="utf-8"))
+    args = doc[0]["sources"][0]["winasync.eda.async_jobs"]
+    drools = {
+        "drools_db_host": "db.example",
+        "drools_db_port": 5432,
+        "drools_db_name": "eda",
+        "drools_db_user": "eda",
+        "drools_db_password": "pw-from-vars",
+        "eda": {"filename": {"drools_sslrootcert": "/run/eda/ca.pem"}},
+        "drools_sslmode": "verify-full",
+    }
+    target = db_target(substitute_variables(args["checkpoint_db"], drools), "checkpoint_db")
+    assert target is not None
+    params = {k: v for k, v in target.params if k != "password"}
+    assert params == {
+        "host": "db.example",
+        "port": "5432",
+        "dbname": "eda",
+        "user": "eda",
+        "sslmode": "verify-full",
+        "sslrootcert": "/run/eda/ca.pem",
+    }
+    assert target.secrets == ["pw-from-vars"]
+    # an activation without PostgreSQL persistence: the checkpoint stays off (or state_file)
+    assert db_target(substitute_variables(args["checkpoint_db"], {}), "checkpoint_db") is None
