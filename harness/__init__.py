@@ -6,7 +6,9 @@ not part of the simulated host: ``winsim/`` never imports it.
   environment, stop ends the whole tree) and the ``with`` boilerplate;
 - ``rulebook``: a real ``ansible-rulebook`` run;
 - ``sim_process``: simulated hosts in a process of their own (``python -m winsim serve``);
-- ``sim_thread``: a simulated-host server on its own event loop in a thread of this process.
+- ``sim_thread``: a simulated-host server on its own event loop in a thread of this process;
+- ``postgres``: a throwaway PostgreSQL cluster (initdb + pg_ctl, unprivileged, loopback);
+- ``failover``: a chain of ansible-rulebook nodes on one PostgreSQL, SIGKILLed and taken over.
 """
 
 from pathlib import Path
