@@ -592,6 +592,21 @@ def test_rulebook_from_installed_collection_runs_the_playbooks(
         "redeliver_after": None,
         "host_events": True,
         "password_given": True,
+        # no drools_db_* variables: the PostgreSQL checkpoint is off
+        "checkpoint_id": None,
+        "checkpoint_db": dict.fromkeys(
+            [
+                "host",
+                "port",
+                "dbname",
+                "user",
+                "password",
+                "sslmode",
+                "sslrootcert",
+                "sslcert",
+                "sslkey",
+            ]
+        ),
     }
     wait_until(
         lambda: "host win-gone is unreachable" in rulebook.text(),
