@@ -18,11 +18,12 @@ VERSION     := $(shell sed -n 's/^version: *//p' galaxy.yml)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/$(COLLECTIONS)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help setup setup-importer test test-unit test-oldest lint sanity demo bench bench-full soak build changelog de-context clean
+.PHONY: help setup setup-importer test test-unit test-integration test-sim test-e2e test-bench test-oldest lint sanity demo bench bench-full soak build changelog de-context clean
 
 help:
 	@echo "make demo        run the demo: simulated Windows hosts, async jobs, the rulebook reacting"
 	@echo "make test        set up and run every test (what CI runs)"
+	@echo "make test-unit   one test folder: test-unit, test-integration, test-sim, test-e2e, test-bench"
 	@echo "make lint        ruff, mypy --strict, ansible-lint, antsibull-changelog lint"
 	@echo "make sanity      ansible-test sanity on the collection (offline)"
 	@echo "make bench       quick benchmark; make bench-full: the full one"
@@ -59,6 +60,7 @@ $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json: $(VENV)/.insta
 
 setup: $(VENV)/.installed $(COLLECTIONS)/ansible_collections/ansible/windows/MANIFEST.json
 	@tools/ensure-java
+	@tools/ensure-postgres
 	@# the checkout as the collection winasync.eda, for running rulebooks from a checkout
 	@# (README). Kept out of the exported ANSIBLE_COLLECTIONS_PATH: there it would shadow
 	@# an installed copy, and ansible-galaxy would refuse to install one.
@@ -72,8 +74,9 @@ test: setup $(VENV_OLDEST)/.installed setup-importer lint sanity
 	@echo "== unit tests on Python 3.11, ansible-core 2.19"
 	$(VENV_OLDEST)/bin/python -m pytest tests/unit -p no:cacheprovider
 
-test-unit: setup
-	$(PY) -m pytest tests/unit
+# one target per test folder (tests/README.md says what each needs)
+test-unit test-integration test-sim test-e2e test-bench: test-%: setup
+	$(PY) -m pytest tests/$*
 
 lint: setup
 	$(VENV)/bin/ruff check .

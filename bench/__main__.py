@@ -2,9 +2,9 @@
 
 - head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs;
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
-- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
+- fleet (``bench.scale``): latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
 
-Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``).
+Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``); its keys are public (``docs/contract.md``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import RESULTS_DIR
-from bench.fleet import FleetConfig, fleet_run
 from bench.head_to_head import HeadToHeadConfig, head_to_head
 from bench.idle_poll import IdleConfig, idle_poll
 from bench.report import parse_options, progress, table, work_dir, write_json
+from bench.scale import ScaleConfig, scale_run
 
 FLEET_KEYS = (
     "hosts",
@@ -39,30 +39,30 @@ FLEET_KEYS = (
 class Profile:
     head_to_head: HeadToHeadConfig
     idle: IdleConfig
-    fleet: tuple[FleetConfig, ...]
+    fleet: tuple[ScaleConfig, ...]
 
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         HeadToHeadConfig(jobs=4, min_s=1, max_s=2, repeats=1),
         IdleConfig(files=(0, 20), polls=2, interval=0.5),
-        (FleetConfig(hosts=5, interval=1.0, window_s=8.0),),
+        (ScaleConfig(hosts=5, interval=1.0, window_s=8.0),),
     ),
     "quick": Profile(
         HeadToHeadConfig(),
         IdleConfig(interval=0.5),
         (
-            FleetConfig(hosts=10, interval=2.0, window_s=30.0),
-            FleetConfig(hosts=100, interval=5.0, window_s=40.0),
+            ScaleConfig(hosts=10, interval=2.0, window_s=30.0),
+            ScaleConfig(hosts=100, interval=5.0, window_s=40.0),
         ),
     ),
     "full": Profile(
         HeadToHeadConfig(repeats=5),
         IdleConfig(interval=0.5, polls=10),
         (
-            FleetConfig(hosts=10, interval=10.0, window_s=120.0),
-            FleetConfig(hosts=100, interval=10.0, window_s=120.0),
-            FleetConfig(hosts=1000, interval=10.0, window_s=150.0),
+            ScaleConfig(hosts=10, interval=10.0, window_s=120.0),
+            ScaleConfig(hosts=100, interval=10.0, window_s=120.0),
+            ScaleConfig(hosts=1000, interval=10.0, window_s=150.0),
         ),
     ),
 }
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": opts.profile,
             "head_to_head": head_to_head(workdir / "h2h", profile.head_to_head),
             "idle_poll": idle_poll(workdir / "idle", profile.idle),
-            "fleet": [fleet_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
+            "fleet": [scale_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
         }
         print_tables(doc)
         progress(f"wrote {write_json(opts.out, doc)}")

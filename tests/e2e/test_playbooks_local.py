@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from harness.process import ChildProcess
+from tests.paths import REPO
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TEST_PLAYBOOKS = HERE / "playbooks"
 BIN = Path(sys.executable).parent
@@ -503,15 +503,6 @@ def stub_collections(tmp_path: Path) -> Path:
     return root
 
 
-@dataclass
-class Rulebook:
-    proc: subprocess.Popen[bytes]
-    output: Path
-
-    def text(self) -> str:
-        return self.output.read_text(encoding="utf-8", errors="replace")
-
-
 @pytest.fixture
 def checkout_collections(tmp_path: Path) -> Path:
     """A collections dir where winasync.eda is this checkout itself, real source included."""
@@ -524,13 +515,13 @@ def checkout_collections(tmp_path: Path) -> Path:
     return root
 
 
-StartRulebook = Callable[[list[str], Path, list[dict[str, Any]], dict[str, Any]], "Rulebook"]
+StartRulebook = Callable[[list[str], Path, list[dict[str, Any]], dict[str, Any]], ChildProcess]
 
 
 @pytest.fixture
 def run_rulebook(local: Local, request: pytest.FixtureRequest) -> Iterator[StartRulebook]:
     """Start ansible-rulebook; the collections dir is the fixture the test names first."""
-    started: list[Rulebook] = []
+    started: list[ChildProcess] = []
     names = ("stub_collections", "checkout_collections")
     wanted = [name for name in request.fixturenames if name in names]
     assert wanted, "a rulebook test needs stub_collections or checkout_collections"
@@ -538,7 +529,7 @@ def run_rulebook(local: Local, request: pytest.FixtureRequest) -> Iterator[Start
 
     def start(
         args: list[str], cwd: Path, events: list[dict[str, Any]], variables: dict[str, Any]
-    ) -> Rulebook:
+    ) -> ChildProcess:
         events_file = local.root / "events.json"
         events_file.write_text(json.dumps(events), encoding="utf-8")
         vars_file = local.root / "rulebook-vars.yml"
@@ -562,23 +553,15 @@ def run_rulebook(local: Local, request: pytest.FixtureRequest) -> Iterator[Start
             "--env-vars",
             "WINASYNC_PASSWORD",
         ]
-        with output.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        rulebook = Rulebook(proc, output)
-        started.append(rulebook)
+        output.unlink(missing_ok=True)
+        rulebook = ChildProcess(cmd, log_path=output, env=env, cwd=cwd, name="ansible-rulebook")
+        started.append(rulebook.start())
         return rulebook
 
     yield start
+    # the whole tree: ansible-runner starts each playbook in a session of its own
     for rulebook in started:
-        if rulebook.proc.poll() is None:
-            os.killpg(rulebook.proc.pid, signal.SIGTERM)
-            try:
-                rulebook.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(rulebook.proc.pid, signal.SIGKILL)
-                rulebook.proc.wait(timeout=30)
+        rulebook.stop(grace=30)
 
 
 def _rulebook_events(local: Local, finished: str, failed: str) -> list[dict[str, Any]]:
@@ -596,9 +579,9 @@ def _rulebook_events(local: Local, finished: str, failed: str) -> list[dict[str,
     ]
 
 
-def _wait_for_records(local: Local, rulebook: Rulebook, count: int) -> None:
+def _wait_for_records(local: Local, rulebook: ChildProcess, count: int) -> None:
     def enough() -> bool:
-        if rulebook.proc.poll() is not None:
+        if not rulebook.running:
             pytest.fail(f"ansible-rulebook ended early:\n{rulebook.text()}")
         return len(local.records()) >= count
 
@@ -643,6 +626,21 @@ def test_rulebook_from_installed_collection_runs_the_playbooks(
         "redeliver_after": None,
         "host_events": True,
         "password_given": True,
+        # no drools_db_* variables: the PostgreSQL checkpoint is off
+        "checkpoint_id": None,
+        "checkpoint_db": dict.fromkeys(
+            [
+                "host",
+                "port",
+                "dbname",
+                "user",
+                "password",
+                "sslmode",
+                "sslrootcert",
+                "sslcert",
+                "sslkey",
+            ]
+        ),
     }
     wait_until(
         lambda: "host win-gone is unreachable" in rulebook.text(),
