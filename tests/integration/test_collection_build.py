@@ -26,7 +26,16 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
     ]
     assert "rulebooks/windows_async_jobs.yml" in names
     assert "playbooks/job_failed.yml" in names
-    for bad in ("tests/", "winsim/", "harness/", ".venv", "__pycache__", ".work/", "Makefile", ".ci/"):
+    for bad in (
+        "tests/",
+        "winsim/",
+        "harness/",
+        ".venv",
+        "__pycache__",
+        ".work/",
+        "Makefile",
+        ".ci/",
+    ):
         assert not [n for n in names if bad in n], f"{bad} is in the artifact"
 
     collections = tmp_path / "collections"
