@@ -4,11 +4,11 @@
   polling every second, and again in watch mode (``head_to_head_watch``);
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
 - idle cost: requests, bytes and CPU per idle host per hour, poll (15 s) against watch;
-- fleet: latency, CPU, RSS and threads for 10, 100 (and 1,000, 2,000) hosts, poll mode
+- fleet (``bench.scale``): latency, CPU, RSS and threads for 10, 100 (and 1,000, 2,000) hosts, poll mode
   (interval 15 s) and watch mode.
 
 Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``) and a
-plot of the fleet latencies next to it (``latest.png``).
+plot of the fleet latencies next to it (``latest.png``); its keys are public (``docs/contract.md``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import RESULTS_DIR
-from bench.fleet import FleetConfig, fleet_run
 from bench.head_to_head import HeadToHeadConfig, head_to_head
 from bench.idle_cost import IdleCostConfig, idle_cost
 from bench.idle_poll import IdleConfig, idle_poll
 from bench.plot import plot_latency
 from bench.report import parse_options, progress, table, work_dir, write_json
+from bench.scale import ScaleConfig, scale_run
 
 FLEET_KEYS = (
     "mode",
@@ -49,13 +49,13 @@ class Profile:
     head_to_head_watch: HeadToHeadConfig
     idle: IdleConfig
     idle_cost: IdleCostConfig
-    fleet: tuple[FleetConfig, ...]
+    fleet: tuple[ScaleConfig, ...]
 
 
-def _both_modes(sizes: tuple[tuple[int, float], ...]) -> tuple[FleetConfig, ...]:
+def _both_modes(sizes: tuple[tuple[int, float], ...]) -> tuple[ScaleConfig, ...]:
     """Poll mode at the default interval (15 s) and watch mode, for each (hosts, window)."""
     return tuple(
-        FleetConfig(hosts=hosts, interval=15.0, window_s=window, jobs_per_host=1, mode=mode)
+        ScaleConfig(hosts=hosts, interval=15.0, window_s=window, jobs_per_host=1, mode=mode)
         for hosts, window in sizes
         for mode in ("poll", "watch")
     )
@@ -68,8 +68,8 @@ PROFILES: dict[str, Profile] = {
         IdleConfig(files=(0, 20), polls=2, interval=0.5),
         IdleCostConfig(hosts=3, span_s=5.0, interval=1.0, watch_wait=3.0, files_per_host=1),
         (
-            FleetConfig(hosts=5, interval=1.0, window_s=8.0),
-            FleetConfig(hosts=5, interval=1.0, window_s=8.0, mode="watch"),
+            ScaleConfig(hosts=5, interval=1.0, window_s=8.0),
+            ScaleConfig(hosts=5, interval=1.0, window_s=8.0, mode="watch"),
         ),
     ),
     "quick": Profile(
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "idle_poll": idle_poll(workdir / "idle", profile.idle),
             "idle_cost_per_host_hour": idle_cost(workdir / "idle-cost", profile.idle_cost),
             "fleet": [
-                fleet_run(workdir / f"fleet-{cfg.mode}-{cfg.hosts}", cfg) for cfg in profile.fleet
+                scale_run(workdir / f"fleet-{cfg.mode}-{cfg.hosts}", cfg) for cfg in profile.fleet
             ],
         }
         print_tables(doc)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
-from bench.fleet import sample_after
+from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
-from bench.simfleet import JobPlan, SimFleet
+from bench.scale import sample_after
 from bench.source_run import EventFile, SourceRun
 
 READY_TIMEOUT_S = 300.0
@@ -34,7 +34,7 @@ class IdleCostConfig:
 
 
 def _one(workdir: Path, cfg: IdleCostConfig, mode: str) -> dict[str, Any]:
-    with SimFleet(cfg.hosts, workdir / f"sim-{mode}", prefix="ic") as fleet:
+    with InProcessHosts(cfg.hosts, workdir / f"sim-{mode}", prefix="ic") as fleet:
         plans = [
             JobPlan(name, "finished", 0.1, {"stdout": "done\r\n"})
             for name in fleet.names
@@ -82,7 +82,7 @@ def _one(workdir: Path, cfg: IdleCostConfig, mode: str) -> dict[str, Any]:
     }
 
 
-async def _ended(fleet: SimFleet, refs: list[Any]) -> bool:
+async def _ended(fleet: InProcessHosts, refs: list[Any]) -> bool:
     for ref in refs:
         await fleet.hosts[ref.host].jobs[ref.jid].wait(30)
     return True

@@ -1,6 +1,7 @@
 """``python -m bench.soak --quick|--full|--smoke``: the reliability suite.
 
-Fault matrix, crash soak (SIGKILL + restart on one state file), hostile input and a backlog of
+Fault matrix, crash soak (SIGKILL + restart on one state file), failover across
+ansible-rulebook nodes on PostgreSQL (``soak_failover.py``), hostile input and a backlog of
 3,000 job files read after a restart, against
 simulated Windows hosts over HTTPS. Prints its tables and writes ``bench/results/soak.json``
 (or ``--out``). Exits 1 when a job was lost, an event was repeated outside the documented
@@ -17,6 +18,7 @@ from bench import RESULTS_DIR
 from bench.report import parse_options, progress, table, work_dir, write_json
 from bench.soak_backlog import RSS_TARGET_MB, BacklogConfig, backlog
 from bench.soak_crash import CrashConfig, crash_soak
+from bench.soak_failover import FailoverConfig, failover_soak
 from bench.soak_faults import FaultConfig, fault_matrix
 from bench.soak_hostile import HostileConfig, hostile
 from bench.soak_sharing import SharingConfig, sharing
@@ -32,6 +34,7 @@ class SoakProfile:
     hostile: HostileConfig = field(default_factory=HostileConfig)
     backlog: BacklogConfig = field(default_factory=BacklogConfig)
     sharing: SharingConfig = field(default_factory=SharingConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
 
 
 PROFILES: dict[str, SoakProfile] = {
@@ -42,11 +45,13 @@ PROFILES: dict[str, SoakProfile] = {
         hostile=HostileConfig(jobs_per_wave=2),
         backlog=BacklogConfig(files=300),
         sharing=SharingConfig(hosts=2, jobs_per_host=5, max_duration_s=3.0),
+        failover=FailoverConfig(runs=1, hosts=2),
     ),
     "quick": SoakProfile(
         faults=FaultConfig(hosts_per_fault=2, jobs_per_host=3, fault_s=20.0),
         crash=CrashConfig(runs=10),
         crash_feedback=CrashConfig(runs=5, feedback=True, seed=4),
+        failover=FailoverConfig(runs=5),
     ),
     "full": SoakProfile(
         faults=FaultConfig(hosts_per_fault=4, jobs_per_host=5, fault_s=45.0, interval=2.0),
@@ -113,6 +118,27 @@ def print_tables(doc: dict[str, Any]) -> None:
             ],
         )
     )
+    fo = doc["failover"]
+    print()
+    print(
+        table(
+            "Failover (ansible-rulebook nodes on one PostgreSQL, SIGKILL, the next node takes over)",
+            ["runs", "jobs", "handled", "lost", "dup", "dup outside", "takeover s", "window s"],
+            [
+                [
+                    fo["runs"],
+                    fo["jobs"],
+                    fo["handled"],
+                    fo["lost"],
+                    fo["duplicated"],
+                    fo["duplicated_outside_window"],
+                    "/".join(str(v) for v in fo["takeover_s"].values()),
+                    "/".join(str(v) for v in fo["window_s"].values()),
+                ]
+            ],
+        )
+    )
+    print(f"kill moments: {fo['moments']} (reached: {fo['moments_reached']}); p50/max")
     h = doc["hostile"]
     print()
     print(
@@ -179,9 +205,9 @@ def failures(doc: dict[str, Any]) -> list[str]:
         fared = doc.get(f"{key}_source")
         if fared is not None and not fared["source_alive_at_end"]:
             found.append(f"the source died during the fault matrix ({key})")
-    for key in ("crash", "crash_feedback", "crash_watch"):
+    for key in ("crash", "crash_feedback", "crash_watch", "failover"):
         c = doc.get(key)
-        if c and (c["lost"] or c["duplicated_outside_window"]):
+        if c and (c["lost"] or c["duplicated_outside_window"] or c.get("files_left")):
             found.append(
                 f"{key}: lost {c['lost']}, duplicated outside the window "
                 f"{c['duplicated_outside_window']}"
@@ -243,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["hostile"] = hostile(workdir / "hostile", profile.hostile)
         doc["backlog"] = backlog(workdir / "backlog", profile.backlog)
         doc["sharing"] = sharing(workdir / "sharing", profile.sharing)
+        doc["failover"] = failover_soak(workdir / "failover", profile.failover)
         problems = failures(doc)
         doc["problems"] = problems
         print_tables(doc)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
+from bench.inprocess_hosts import InProcessHosts
 from bench.report import progress
-from bench.simfleet import SimFleet
 from bench.source_run import EventFile, SourceRun
 from bench.tally import duplicates
 from winsim.backlog import write_backlog
@@ -37,7 +37,7 @@ class BacklogConfig:
 
 
 def backlog(workdir: Path, cfg: BacklogConfig) -> dict[str, Any]:
-    with SimFleet(1, workdir / "sim", prefix="bl") as fleet:
+    with InProcessHosts(1, workdir / "sim", prefix="bl") as fleet:
         (name,) = fleet.names
         host = fleet.hosts[name]
         names = fleet.sim.call(_write(host, cfg))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
-from bench.simfleet import JobPlan, SimFleet
 from bench.source_run import EventFile, SourceRun
 
 
@@ -32,7 +32,7 @@ class SharingConfig:
 
 def sharing(workdir: Path, cfg: SharingConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
-    with SimFleet(cfg.hosts, workdir / "sim", prefix="sh") as fleet:
+    with InProcessHosts(cfg.hosts, workdir / "sim", prefix="sh") as fleet:
         for host in fleet.hosts.values():
             host.read_hold_s = cfg.hold_ms / 1000
         events = EventFile(workdir / "sharing.events.jsonl")

@@ -57,7 +57,8 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _inventory_vars(ep: HostEndpoint, password: str, ca_bundle: Path | None) -> dict[str, Any]:
+def inventory_vars(ep: HostEndpoint, password: str, ca_bundle: Path | None) -> dict[str, Any]:
+    """The psrp inventory variables of one simulated host (also the benchmarks' inventory)."""
     hostvars: dict[str, Any] = {
         "ansible_host": ep.address,
         "ansible_port": ep.port,
@@ -186,7 +187,7 @@ async def serve(args: argparse.Namespace) -> int:
             }
             _write_private(creds, json.dumps(dict(entry, password=password), indent=2))
             listing.append(entry)
-            inventory[name] = _inventory_vars(ep, password, bundle)
+            inventory[name] = inventory_vars(ep, password, bundle)
             print(f"{name} {ep.url} credentials={creds}", flush=True)
         (meta / "hosts.json").write_text(json.dumps(listing, indent=2), encoding="utf-8")
         # JSON is YAML: ansible's yaml inventory plugin reads it
@@ -286,7 +287,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m winsim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m winsim", description=__doc__.split("\n", maxsplit=1)[0]
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the hosts do")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -6,27 +6,27 @@ from __future__ import annotations
 
 import pytest
 
+from harness.sim_process import SimProcess
 from tests.e2e.conftest import (
     Sandbox,
-    fleet_job_files,
+    sim_job_files,
     start_windows_jobs,
     wait_settled,
 )
-from winsim.fleet import Fleet
 
 pytestmark = pytest.mark.e2e
 
 
 def test_windows_jobs_are_followed_up_remediated_and_cleaned(
-    sandbox: Sandbox, fleet: Fleet
+    sandbox: Sandbox, sim_hosts: SimProcess
 ) -> None:
     rb = sandbox.rulebook(
-        fleet.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
+        sim_hosts.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
     ).start()
 
     ok, failed, timed_out, orphan = start_windows_jobs(
         sandbox,
-        fleet,
+        sim_hosts,
         [
             ("win01", "Start-Sleep -Seconds 1; Write-Output 'backup done'", 60),
             ("win02", "Start-Sleep -Seconds 1; Write-Output 'disk full'; exit 3", 60),
@@ -35,10 +35,10 @@ def test_windows_jobs_are_followed_up_remediated_and_cleaned(
         ],
     )
     # the orphan's watchdog dies with the host: its file says "running" for good
-    assert orphan in fleet.job_files("win03")
-    fleet.reboot("win03")
+    assert orphan in sim_hosts.job_files("win03")
+    sim_hosts.reboot("win03")
 
-    wait_settled(rb, sandbox, 4, lambda: fleet_job_files(fleet))
+    wait_settled(rb, sandbox, 4, lambda: sim_job_files(sim_hosts))
     rb.stop()
 
     records = sandbox.records()
@@ -64,9 +64,9 @@ def test_windows_jobs_are_followed_up_remediated_and_cleaned(
         [failed, timed_out, orphan], "pong"
     )
     assert by_jid[failed]["rc"] == 3
-    assert fleet_job_files(fleet) == {}
+    assert sim_job_files(sim_hosts) == {}
     for jid, (host, status, _, _) in expected.items():
         assert f"{host}: {jid} {status}" in rb.text()
     assert "ansible_password" not in rb.text()
-    for host in fleet.names:
-        assert fleet.credentials(host)["password"] not in rb.text()
+    for host in sim_hosts.names:
+        assert sim_hosts.credentials(host)["password"] not in rb.text()

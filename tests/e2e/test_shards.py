@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from winasync_eda.shard import owner
 
+from harness.rulebook import Rulebook
+from harness.sim_process import SimProcess
 from tests.e2e.conftest import STEP_TIMEOUT_S, Sandbox
-from winsim.fleet import Fleet
-from winsim.rulebook import Rulebook
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +53,7 @@ def _cycles(rb: Rulebook) -> int:
 def test_three_shards_handle_every_outcome_exactly_once(sandbox: Sandbox, tmp_path: Path) -> None:
     rulebook = tmp_path / "shard.yml"
     rulebook.write_text(RULEBOOK, encoding="utf-8")
-    with Fleet(tmp_path / "sim", hosts=HOSTS, https=False) as fleet:
+    with SimProcess(tmp_path / "sim", hosts=HOSTS, https=False) as fleet:
         activations = [
             sandbox.rulebook(
                 fleet.inventory,

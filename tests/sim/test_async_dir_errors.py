@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from winasync_eda.source import run
 
+from harness.sim_thread import SimServerThread
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
-from winsim.testing import SimServerThread
 
 pytestmark = pytest.mark.sim
 PASSWORD = "DirErr-Passw0rd!"

@@ -15,12 +15,12 @@ import pytest
 from winasync_eda.source import run
 from winasync_eda.transports import poll_wire
 
+from harness.sim_thread import SimServerThread
 from tests.waiting import async_wait_until
 from winsim.api import Command, PipelineRequest
 from winsim.host import SIGNATURE_BLOCK, SimHost
 from winsim.scripts import poll as twin
 from winsim.scripts.dispatch import execute
-from winsim.testing import SimServerThread
 
 pytestmark = pytest.mark.sim
 PASSWORD = "Clm-Passw0rd!"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pypsrp.powershell import PowerShell, RunspacePool
 
+from harness.sim_thread import SimServerThread, client_for
 from winsim import psrp_session
 from winsim.api import PipelineRequest, PipelineResult
-from winsim.testing import SimServerThread, client_for
 
 pytestmark = pytest.mark.sim
 

@@ -17,16 +17,16 @@ import pytest
 from pypsrp.exceptions import WSManFaultError
 from pypsrp.powershell import RunspacePool
 
+from harness.sim_thread import SimServerThread, client_for
+from tests.paths import REPO
 from tests.sim.test_source_psrp import PASSWORD, watching
-from tests.waiting import async_wait_until
+from tests.waiting import async_wait_until, wait_until
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
-from winsim.testing import SimServerThread, client_for, wait_until
 from winsim.wsman import ERROR_QUOTA_MAX_SHELLS
 
 pytestmark = pytest.mark.sim
 
-REPO = Path(__file__).resolve().parents[2]
 # the wait, the parked Receive's OperationTimeout above it, the read timeout above that
 WATCH: dict[str, Any] = {
     "mode": "watch",

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from winasync_eda.transports import poll_wire
 
+from tests.paths import REPO
 from winsim.host import SimHost
 from winsim.scripts import poll as twin
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = poll_wire.SCRIPT_PATH.read_text(encoding="utf-8")
 DOC = (REPO / "docs/poll-protocol.md").read_text(encoding="utf-8")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from winasync_eda.config import ConfigError, parse_args
 from winasync_eda.shard import Shard, ShardError, owner, parse, select
+
+from tests.paths import REPO
 
 NAMES = [f"win{i:05d}" for i in range(10_000)]
 
@@ -41,7 +42,7 @@ def test_the_split_is_the_same_in_another_process() -> None:
         "from winasync_eda.shard import owner;"
         "print(','.join(str(owner(f'win{i:05d}', 5)) for i in range(200)))"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = REPO
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

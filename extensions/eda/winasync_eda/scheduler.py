@@ -65,12 +65,13 @@ class _Counts:
 
 @dataclass(frozen=True)
 class Timing:
+    # the source arguments of the same names (their defaults are config.py's)
     interval: float
-    jitter: float = 0.1
-    max_concurrency: int = 32
-    poll_timeout: float = 60.0
-    backoff_max: float = 300.0
-    auth_backoff: float = 900.0
+    jitter: float
+    max_concurrency: int
+    poll_timeout: float
+    backoff_max: float
+    auth_backoff: float
     # a host that cannot run the poll script (Constrained Language Mode) is asked again this rarely
     unsupported_retry: float = 3600.0
     # a job file larger than this is summarised on the host (docs/poll-protocol.md), not sent

@@ -14,16 +14,13 @@ never has two threads on one pool.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import inspect
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, Final, TypeVar
-from urllib.parse import quote, urlsplit
 
 import requests
 from pypsrp.complex_objects import PSInvocationState
@@ -37,6 +34,8 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import SelectorSet, WSMan
 
+from ..secret import scrub, secret_forms
+from ..settings import HostSettings
 from .base import AuthenticationFailed, HostUnsupported, PollRequest, Snapshot, TransportError
 from .poll_wire import (
     DEFINE_SCRIPT,
@@ -46,7 +45,6 @@ from .poll_wire import (
     parse_answer,
     unsupported_reason,
 )
-from .psrp_settings import PsrpSettings
 
 LOGGER = logging.getLogger(__name__)
 # pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
@@ -56,10 +54,7 @@ if logging.getLogger("pypsrp").level == logging.NOTSET:
 
 # how long past its own deadline a worker thread may take to report before the poll gives up
 _GRACE_S = 5.0
-_MAX_TEXT: Final = 300
 _MAX_ABANDONED: Final = 64
-_MASK: Final = "********"
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]*@")
 
 _T = TypeVar("_T")
 # pypsrp < 0.9 cannot set a shell's idle timeout
@@ -83,15 +78,30 @@ class PsrpTransport:
 
     def __init__(
         self,
-        settings: PsrpSettings,
+        settings: HostSettings,
+        call_deadline_s: float,
         executor: Executor | None = None,
         *,
         poll_script: str | None = None,
+        idle_timeout: int | None = None,
     ) -> None:
+        if call_deadline_s <= 0:
+            raise ValueError(f"host {settings.name!r}: call_deadline_s must be positive")
+        if idle_timeout is not None and idle_timeout < 60:
+            raise ValueError(
+                f"host {settings.name!r}: idle_timeout must be at least 60 seconds "
+                "(the endpoint's minimum)"
+            )
         self.settings = settings
+        # the deadline of one poll (the source's poll_timeout)
+        self.call_deadline_s = call_deadline_s
         # the path of poll.ps1 deployed on the host (signed, for Constrained Language Mode):
         # each poll runs that file; None: the script is defined as a function once per pool
         self.poll_script = poll_script
+        # the shell's idle timeout (pypsrp >= 0.9 sends it on Create): a source killed without
+        # closing its pools leaves its shells on the host this long after its last request, not
+        # the endpoint's 2 hours, which count against MaxShellsPerUser. None: the host's default.
+        self.idle_timeout = idle_timeout
         # the source passes a pool sized for max_concurrency; None: the loop's default one
         self._executor = executor
         self._lock = asyncio.Lock()
@@ -106,17 +116,22 @@ class PsrpTransport:
         # (shell id, resource URI) of the open pool, written by the worker thread: close() reads
         # it to delete the shell from aside while a waiting poll holds the pool
         self._shell_ref: tuple[str, str] | None = None
-        self._secrets = _secret_forms(settings)
+        self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
 
     def __repr__(self) -> str:
-        return f"PsrpTransport({self.settings.host_name!r})"
+        return f"PsrpTransport({self.settings.name!r})"
+
+    @property
+    def busy(self) -> bool:
+        """True while a worker thread works for this host (a stuck call keeps it busy)."""
+        return self._lock.locked()
 
     async def poll(self, request: PollRequest) -> Snapshot:
         if self._closed:
-            raise TransportError(f"{self.settings.host_name}: the PSRP transport is closed")
+            raise TransportError(f"{self.settings.name}: the PSRP transport is closed")
         parameters = build_parameters(request)
         # a waiting poll may take its wait on top of the usual deadline
-        deadline = time.monotonic() + self.settings.call_deadline_s + max(0.0, request.wait_s)
+        deadline = time.monotonic() + self.call_deadline_s + max(0.0, request.wait_s)
         park = request.wait_s > 0
         return await self._in_thread(
             deadline, functools.partial(self._poll_blocking, parameters, deadline, park)
@@ -127,7 +142,7 @@ class PsrpTransport:
         if self._closed:
             return
         self._closed = True
-        LOGGER.debug("%s: closing the PSRP runspace pool", self.settings.host_name)
+        LOGGER.debug("%s: closing the PSRP runspace pool", self.settings.name)
         shell = self._shell_ref
         if self._lock.locked() and shell is not None:
             # a poll holds the pool, perhaps parked for a minute on a waiting pipeline: delete
@@ -139,19 +154,19 @@ class PsrpTransport:
                     self.settings.connection_timeout + self.settings.read_timeout,
                 )
             except TimeoutError:
-                LOGGER.debug("%s: deleting the shell aside timed out", self.settings.host_name)
+                LOGGER.debug("%s: deleting the shell aside timed out", self.settings.name)
         # a Delete may wait for a connect and a read timeout
         budget = self.settings.connection_timeout + self.settings.read_timeout
-        deadline = time.monotonic() + max(budget, self.settings.call_deadline_s)
+        deadline = time.monotonic() + max(budget, self.call_deadline_s)
         try:
             await self._in_thread(deadline, self._discard_pool)
         except TransportError as exc:
             # a poll thread still holds the pool: it closes the pool when it ends (see _closed)
-            LOGGER.debug("%s: close did not finish: %s", self.settings.host_name, exc)
+            LOGGER.debug("%s: close did not finish: %s", self.settings.name, exc)
 
     async def _in_thread(self, deadline: float, work: Callable[[], _T]) -> _T:
         """Run ``work`` in a thread by the deadline; the lock is released when the thread ends."""
-        host = self.settings.host_name
+        host = self.settings.name
         try:
             await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -248,7 +263,9 @@ class PsrpTransport:
             if park and remaining > self.settings.read_timeout:
                 ps.poll_invoke()
                 continue
-            ps.poll_invoke(timeout=max(1, min(self.settings.operation_timeout, int(remaining))))
+            ps.poll_invoke(
+                timeout=max(1, min(int(self.settings.operation_timeout), int(remaining)))
+            )
         if ps.state != PSInvocationState.COMPLETED or ps.had_errors or ps.streams.error:
             raise _PipelineFailedError(_first_error(ps))
         if time.monotonic() > deadline:
@@ -270,19 +287,19 @@ class PsrpTransport:
                 continue
             del self._abandoned[shell_id]
             LOGGER.debug(
-                "%s: deleted shell %s left open by a failed pool", self.settings.host_name, shell_id
+                "%s: deleted shell %s left open by a failed pool", self.settings.name, shell_id
             )
 
     def _open_pool(self, deadline: float) -> RunspacePool:
         if self._pool is not None:
             return self._pool
-        LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.host_name)
+        LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.name)
         self._wsman = WSMan(**self.settings.wsman_kwargs())
         # exactly one runspace: the function defined below lives in that runspace, so every
         # pipeline of this pool finds it (with more runspaces a poll could land in another one)
         extra: dict[str, Any] = {}
-        if self.settings.idle_timeout is not None and _POOL_HAS_IDLE_TIMEOUT:
-            extra["idle_timeout"] = self.settings.idle_timeout
+        if self.idle_timeout is not None and _POOL_HAS_IDLE_TIMEOUT:
+            extra["idle_timeout"] = self.idle_timeout
         self._pool = RunspacePool(self._wsman, min_runspaces=1, max_runspaces=1, **extra)
         self._pool.open()
         self._shell_ref = (str(self._pool.shell.id), str(self._pool.shell.resource_uri))
@@ -326,18 +343,18 @@ class PsrpTransport:
 
     def _debug_failure(self, what: str, exc: Exception) -> None:
         # only the type: the text of a cleanup failure adds nothing and could carry a URL
-        LOGGER.debug("%s: %s failed (%s)", self.settings.host_name, what, type(exc).__name__)
+        LOGGER.debug("%s: %s failed (%s)", self.settings.name, what, type(exc).__name__)
 
     def _translate(self, exc: Exception) -> TransportError:
         """A TransportError naming the host and the kind of failure, with a scrubbed text."""
         kind, cls = _classify(exc)
         text = scrub(_exception_text(exc), self._secrets)
-        message = f"{self.settings.host_name}: {kind}" + (f": {text}" if text else "")
+        message = f"{self.settings.name}: {kind}" + (f": {text}" if text else "")
         level = logging.WARNING if kind.startswith("unexpected") else logging.DEBUG
         LOGGER.log(level, "PSRP poll failed: %s", message)
         reason = unsupported_reason(text) if isinstance(exc, _PipelineFailedError) else None
         if reason is not None:
-            return HostUnsupported(f"{self.settings.host_name}: unsupported: {reason}", reason)
+            return HostUnsupported(f"{self.settings.name}: unsupported: {reason}", reason)
         return cls(message)
 
 
@@ -403,31 +420,3 @@ def _first_error(ps: PowerShell) -> str:
         text = type(records[0]).__name__
     more = f" (and {len(records) - 1} more)" if len(records) > 1 else ""
     return text + more
-
-
-def _secret_forms(settings: PsrpSettings) -> tuple[str, ...]:
-    """Every form in which a secret could show up in an exception text."""
-    forms: list[str] = []
-    if settings.password is not None and settings.password.reveal():
-        password = settings.password.reveal()
-        forms += [password, quote(password, safe=""), quote(password)]
-        basic = f"{settings.username or ''}:{password}".encode()
-        forms.append(base64.b64encode(basic).decode("ascii"))
-    if settings.proxy:
-        try:
-            proxy_password = urlsplit(settings.proxy).password
-        except ValueError:
-            proxy_password = None
-        if proxy_password:
-            forms.append(proxy_password)
-    # longest first, so a form that contains another is masked whole
-    return tuple(sorted(set(forms), key=len, reverse=True))
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Mask secrets and URL credentials, flatten whitespace, bound the length."""
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    text = _URL_USERINFO.sub(r"\1***@", text)
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."

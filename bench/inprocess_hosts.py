@@ -1,6 +1,6 @@
 """Simulated hosts inside the benchmark process: HTTPS with validation, traffic counted per host.
 
-The sim lives here rather than in a process of its own (``winsim.fleet``) because the benchmark
+The sim lives here rather than in a process of its own (``harness.sim_process``) because the benchmark
 needs what only this process can see: every host's HTTP counters, its fault plan, and the
 moment each job wrote its final result.
 """
@@ -13,15 +13,16 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from harness.process import Lifecycle
+from harness.sim_thread import SimServerThread
+from winsim.cli import inventory_vars
 from winsim.host import SimHost
 from winsim.jobfiles import Generation
 from winsim.jobs import Outcome
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
-from winsim.testing import SimServerThread
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def endpoint_traffic(endpoint: HostEndpoint) -> Traffic:
     )
 
 
-class SimFleet:
+class InProcessHosts(Lifecycle):
     """``count`` simulated hosts named ``<prefix>NNNN``, each on its own HTTPS port."""
 
     def __init__(
@@ -130,7 +131,7 @@ class SimFleet:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> SimFleet:
+    def start(self) -> InProcessHosts:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.sim.start()
         width = max(2, len(str(self.count)))
@@ -164,17 +165,6 @@ class SimFleet:
     def stop(self) -> None:
         self.sim.stop()
 
-    def __enter__(self) -> SimFleet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- what a client needs ------------------------------------------------------------------
 
     @property
@@ -204,20 +194,10 @@ class SimFleet:
 
     def inventory(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """An Ansible inventory (psrp, Basic over HTTPS, validated) for ansible-playbook."""
-        hosts: dict[str, Any] = {}
-        for name in self.names if names is None else names:
-            endpoint = self.endpoints[name]
-            hosts[name] = {
-                "ansible_host": endpoint.address,
-                "ansible_port": endpoint.port,
-                "ansible_connection": "psrp",
-                "ansible_user": USERNAME,
-                "ansible_password": self.password,
-                "ansible_psrp_protocol": "https",
-                "ansible_psrp_auth": "basic",
-                "ansible_psrp_cert_validation": "validate",
-                "ansible_psrp_ca_cert": str(self.ca_bundle),
-            }
+        hosts = {
+            name: inventory_vars(self.endpoints[name], self.password, self.ca_bundle)
+            for name in (self.names if names is None else names)
+        }
         return {"all": {"hosts": hosts}}
 
     # -- counters -----------------------------------------------------------------------------
