@@ -88,7 +88,12 @@ def test_exactly_one_event_source_with_its_documentation(
     assert {"hosts", "inventory", "state_file", "feedback"} <= options
 
 
-def test_the_three_playbooks_are_listed(imported: tuple[str, dict[str, Any]]) -> None:
+def test_the_four_playbooks_are_listed(imported: tuple[str, dict[str, Any]]) -> None:
     result = imported[1]
     playbooks = sorted(c["name"] for c in result["contents"] if c["content_type"] == "playbook")
-    assert playbooks == ["job_failed.yml", "job_finished.yml", "start_job.yml"]
+    assert playbooks == [
+        "deploy_poll_script.yml",
+        "job_failed.yml",
+        "job_finished.yml",
+        "start_job.yml",
+    ]
