@@ -36,8 +36,10 @@ class SimServerThread:
         ca: CertificateAuthority | None = None,
         ca_bundle: str | Path | None = None,
         call_timeout: float = 30.0,
+        **options: Any,
     ) -> None:
-        self.server = SimServer(executor, ca=ca, ca_bundle=ca_bundle)
+        """``options`` go to ``SimServer`` (``idle_close_s``)."""
+        self.server = SimServer(executor, ca=ca, ca_bundle=ca_bundle, **options)
         self.call_timeout = call_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -110,7 +112,9 @@ class SimServerThread:
         address: str = "127.0.0.1",
         port: int = 0,
         https: bool = False,
+        **auth: Any,
     ) -> HostEndpoint:
+        """``auth``: ``SimServer.add_host``'s ``auth``, ``users`` and ``service_host``."""
         return self.call(
             self.server.add_host(
                 name,
@@ -120,6 +124,7 @@ class SimServerThread:
                 address=address,
                 port=port,
                 https=https,
+                **auth,
             )
         )
 

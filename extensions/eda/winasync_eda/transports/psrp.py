@@ -254,7 +254,7 @@ class PsrpTransport:
 
     def _poll_blocking(self, parameters: Mapping[str, str], deadline: float) -> Snapshot:
         try:
-            snapshot = self._invoke(parameters, deadline)
+            snapshot = self._invoke_once_more_if_stale(parameters, deadline)
         except Exception as exc:  # every failure becomes a TransportError
             error = self._translate(exc)
         else:
@@ -264,6 +264,30 @@ class PsrpTransport:
         self._discard_pool()
         # raised outside the except block: no chained cause or context can carry the original text
         raise error
+
+    def _invoke_once_more_if_stale(
+        self, parameters: Mapping[str, str], deadline: float
+    ) -> Snapshot:
+        """``_invoke``, again on a new pool when the host closed an encrypted session's connection.
+
+        Windows (HTTP.sys) closes a keep-alive connection idle for 120 s. pypsrp then logs on
+        again on a new connection but still seals the body for the old context, and the host
+        answers 500: every later request of that session fails. The session cannot be saved,
+        so the pool is rebuilt at once, within this poll's deadline, and the poll goes on.
+        """
+        reused = self._pool is not None
+        try:
+            return self._invoke(parameters, deadline)
+        except (WinRMTransportError, requests.exceptions.ConnectionError) as exc:
+            if not (reused and self.settings.seals_messages) or time.monotonic() >= deadline:
+                raise
+            LOGGER.debug(
+                "%s: the encrypted session broke (%s); opening a new pool",
+                self.settings.host_name,
+                type(exc).__name__,
+            )
+        self._discard_pool()
+        return self._invoke(parameters, deadline)
 
     def _invoke(self, parameters: Mapping[str, str], deadline: float) -> Snapshot:
         if self._closed:  # close() ran while this poll waited for the lock

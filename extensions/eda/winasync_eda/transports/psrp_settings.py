@@ -91,6 +91,13 @@ class PsrpSettings:
         return self.protocol == "https"
 
     @property
+    def seals_messages(self) -> bool:
+        """Whether pypsrp encrypts each message with the auth context (WinRM over HTTP)."""
+        if self.encryption == "always":
+            return True
+        return self.protocol == "http" and self.encryption == "auto"
+
+    @property
     def effective_port(self) -> int:
         if self.port is not None:
             return self.port
