@@ -94,10 +94,11 @@ class Demo:
             f"winasync.eda demo: {len(HOSTS)} simulated Windows hosts, {len(JOBS)} async jobs, "
             f"the rulebook {RULEBOOK}"
         )
-        with Fleet(self.workdir / "sim", hosts=len(HOSTS)) as fleet:
+        # what most Windows fleets run: Negotiate (NTLM) over http with WinRM message encryption
+        with Fleet(self.workdir / "sim", hosts=len(HOSTS), https=False, auth="negotiate") as fleet:
             self.say(
                 f"simulated hosts up: {', '.join(fleet.names)} "
-                "(WinRM over https on 127.0.0.1, CA-validated)"
+                "(WinRM over http on 127.0.0.1, Negotiate/NTLM with message encryption)"
             )
             rulebook = Rulebook(
                 RULEBOOK,

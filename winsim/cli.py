@@ -1,6 +1,6 @@
 """``python -m winsim``: serve simulated Windows hosts, and act on a running sim.
 
-    python -m winsim serve --hosts 3 --state /tmp/sim [--https]
+    python -m winsim serve --hosts 3 --state /tmp/sim [--https] [--auth negotiate]
     python -m winsim job --state /tmp/sim --host win01 --outcome failed --duration 3 --rc 2
     python -m winsim reboot --state /tmp/sim --host win01
     python -m winsim orphan --state /tmp/sim --host win01 --jid j123.4000
@@ -8,8 +8,14 @@
 
 ``serve`` keeps its bookkeeping in ``<state>/.winsim/``: one credentials file per host (mode
 0600, the only place a password is written), ``hosts.json`` (no secrets), ``inventory.yml`` (an
-Ansible inventory for the psrp connection, 0600 as it carries the passwords) and
+Ansible inventory for the psrp connection, 0600 as it carries the passwords), for
+``--auth certificate`` a client certificate and key per host in ``certificates/`` (0600), and
 ``control.sock``, a Unix socket the other commands talk to.
+
+``--auth`` is how the hosts log clients on: ``negotiate`` (the default, as Windows: NTLM, with
+WinRM message encryption over HTTP, or channel binding with ``--https``), ``basic`` (over HTTP
+only because the host then allows unencrypted traffic), ``certificate`` (TLS client
+certificates; needs ``--https``) or ``kerberos``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from winsim.host import SimHost
 from winsim.jobfiles import GENERATIONS
 from winsim.jobs import OUTCOMES
 from winsim.scripts.dispatch import execute
-from winsim.server import HostEndpoint, SimServer
+from winsim.auth.gates import AUTH_KINDS
+from winsim.server import IDLE_CLOSE_S, HostEndpoint, SimServer
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +64,10 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _inventory_vars(ep: HostEndpoint, password: str, ca_bundle: Path | None) -> dict[str, Any]:
+def _inventory_vars(
+    ep: HostEndpoint, password: str, ca_bundle: Path | None, certificate: tuple[Path, Path] | None
+) -> dict[str, Any]:
+    """The connection vars of one host, as a Windows admin writes them for its auth kind."""
     hostvars: dict[str, Any] = {
         "ansible_host": ep.address,
         "ansible_port": ep.port,
@@ -65,14 +75,31 @@ def _inventory_vars(ep: HostEndpoint, password: str, ca_bundle: Path | None) -> 
         "ansible_user": ep.username,
         "ansible_password": password,
         "ansible_psrp_protocol": ep.scheme,
-        "ansible_psrp_auth": "basic",
+        "ansible_psrp_auth": ep.auth,
     }
     if ep.https:
         hostvars["ansible_psrp_cert_validation"] = "validate"
         hostvars["ansible_psrp_ca_cert"] = str(ca_bundle)
-    else:
+    elif ep.auth == "basic":
+        # Basic over HTTP sends the password in the clear: only ever asked for explicitly
         hostvars["ansible_psrp_message_encryption"] = "never"
+    if certificate is not None:
+        del hostvars["ansible_user"], hostvars["ansible_password"]
+        hostvars["ansible_psrp_certificate_pem"] = str(certificate[0])
+        hostvars["ansible_psrp_certificate_key_pem"] = str(certificate[1])
     return hostvars
+
+
+def _client_certificate(server: SimServer, ep: HostEndpoint, state: Path) -> tuple[Path, Path]:
+    """Issue a client certificate for the host's user, map it on the host, write it (0600)."""
+    upn = f"{ep.username}@localhost"
+    ep.accounts.map_certificate(upn, ep.username)
+    cert_pem, key_pem = server.ca.issue_client(upn)
+    directory = meta_dir(state) / "certificates"
+    cert_file, key_file = directory / f"{ep.name}.pem", directory / f"{ep.name}.key"
+    _write_private(cert_file, cert_pem.decode("ascii"))
+    _write_private(key_file, key_pem.decode("ascii"))
+    return cert_file, key_file
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -147,7 +174,9 @@ async def serve(args: argparse.Namespace) -> int:
     hosts: dict[str, SimHost] = {}
     listing: list[dict[str, Any]] = []
     inventory: dict[str, Any] = {}
-    async with SimServer(execute, ca_bundle=ca_bundle if args.https else None) as server:
+    async with SimServer(
+        execute, ca_bundle=ca_bundle if args.https else None, idle_close_s=args.idle_close
+    ) as server:
         for index in range(1, args.hosts + 1):
             name = f"{args.prefix}{index:02d}"
             host = SimHost(name, state, user=args.user, generation=args.generation)
@@ -162,9 +191,13 @@ async def serve(args: argparse.Namespace) -> int:
                 address=args.address,
                 port=port,
                 https=args.https,
+                auth=args.auth,
             )
             hosts[name] = host
             bundle = server.ca_bundle if args.https else None
+            certificate = (
+                _client_certificate(server, ep, state) if args.auth == "certificate" else None
+            )
             creds = credentials_path(state, name)
             entry = {
                 "name": name,
@@ -172,6 +205,7 @@ async def serve(args: argparse.Namespace) -> int:
                 "address": ep.address,
                 "port": ep.port,
                 "protocol": ep.scheme,
+                "auth": ep.auth,
                 "username": args.user,
                 "ca_bundle": str(bundle) if bundle else None,
                 "credentials": str(creds),
@@ -179,7 +213,7 @@ async def serve(args: argparse.Namespace) -> int:
             }
             _write_private(creds, json.dumps(dict(entry, password=password), indent=2))
             listing.append(entry)
-            inventory[name] = _inventory_vars(ep, password, bundle)
+            inventory[name] = _inventory_vars(ep, password, bundle, certificate)
             print(f"{name} {ep.url} credentials={creds}", flush=True)
         (meta / "hosts.json").write_text(json.dumps(listing, indent=2), encoding="utf-8")
         # JSON is YAML: ansible's yaml inventory plugin reads it
@@ -287,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--hosts", type=int, default=1)
     serve_p.add_argument("--state", required=True, help="directory holding the hosts' disks")
     serve_p.add_argument("--https", action="store_true", help="HTTPS with a CA of its own")
+    serve_p.add_argument(
+        "--auth",
+        choices=AUTH_KINDS,
+        default="negotiate",
+        help="how hosts log clients on (default: negotiate; over HTTP with message encryption)",
+    )
+    serve_p.add_argument(
+        "--idle-close",
+        type=float,
+        default=IDLE_CLOSE_S,
+        help="seconds after which an idle keep-alive connection is closed (HTTP.sys: 120)",
+    )
     serve_p.add_argument("--address", default="127.0.0.1", help="a loopback address")
     serve_p.add_argument("--base-port", type=int, default=0, help="first port (0: any free)")
     serve_p.add_argument("--prefix", default="win", help="host names: <prefix>01, ...")
@@ -337,6 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if not 1 <= args.hosts <= 1000:
             print("--hosts must be between 1 and 1000", file=sys.stderr)
+            return 2
+        if args.auth == "kerberos":
+            print("--auth kerberos is not available yet: it needs a KDC", file=sys.stderr)
+            return 2
+        if args.auth == "certificate" and not args.https:
+            print("--auth certificate needs --https", file=sys.stderr)
+            return 2
+        if args.idle_close <= 0:
+            print("--idle-close must be positive", file=sys.stderr)
             return 2
         args.state = str(Path(args.state).resolve())
         return asyncio.run(serve(args))

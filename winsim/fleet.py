@@ -64,6 +64,7 @@ class Fleet:
         hosts: int = 2,
         *,
         https: bool = True,
+        auth: str = "basic",
         generation: str | None = None,
         prefix: str = "win",
         log: Path | None = None,
@@ -71,6 +72,7 @@ class Fleet:
         self.state = state.resolve()
         self.count = hosts
         self.https = https
+        self.auth = auth
         self.generation = generation
         self.prefix = prefix
         self.log_path = log or self.state / "winsim.log"
@@ -93,6 +95,8 @@ class Fleet:
             str(self.state),
             "--prefix",
             self.prefix,
+            "--auth",
+            self.auth,
         ]
         if self.https:
             cmd.append("--https")

@@ -1,8 +1,12 @@
-"""The Windows path: simulated Windows hosts (WinRM over https on loopback), jobs started with
+"""The Windows path: simulated Windows hosts (WinRM on loopback: Basic over https, and Negotiate
+over http with message encryption, what most fleets run), jobs started with
 playbooks/start_job.yml over ansible's psrp connection, the source polling over pypsrp, the
 follow-up playbooks cleaning the job files on the simulated disks."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +21,20 @@ from winsim.fleet import Fleet
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(
+    params=[("basic", True), ("negotiate", False)],
+    ids=["basic-https", "negotiate-http-encrypted"],
+)
+def windows(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    auth, https = request.param
+    with Fleet(tmp_path / "sim", hosts=3, https=https, auth=auth) as running:
+        yield running
+
+
 def test_windows_jobs_are_followed_up_remediated_and_cleaned(
-    sandbox: Sandbox, fleet: Fleet
+    sandbox: Sandbox, windows: Fleet
 ) -> None:
+    fleet = windows
     rb = sandbox.rulebook(
         fleet.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
     ).start()

@@ -16,9 +16,14 @@ pytestmark = pytest.mark.sim
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_ping_async_shell_status_and_cleanup(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("auth", "https"),
+    [("basic", True), ("negotiate", False), ("negotiate", True), ("certificate", True)],
+    ids=["basic-https", "negotiate-http-encrypted", "negotiate-https-bound", "certificate"],
+)
+def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: bool) -> None:
     out = tmp_path / "out.json"
-    with Fleet(tmp_path / "fleet", 1, https=True) as fleet:
+    with Fleet(tmp_path / "fleet", 1, https=https, auth=auth) as fleet:
         env = {
             **os.environ,
             "HOME": str(tmp_path),
@@ -48,4 +53,8 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path) -> None:
         assert "hello" in result["stdout"]
         assert fleet.job_files("win01") == []
         creds = fleet.credentials("win01")
+        inventory = fleet.inventory.read_text(encoding="utf-8")
+    assert f'"ansible_psrp_auth": "{auth}"' in inventory
+    # message encryption is never turned off, except for Basic over HTTP
+    assert "message_encryption" not in inventory
     assert creds["password"] not in proc.stdout + proc.stderr
