@@ -36,11 +36,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from winsim.auth.gates import AUTH_KINDS
 from winsim.host import SimHost
 from winsim.jobfiles import GENERATIONS
 from winsim.jobs import OUTCOMES
 from winsim.scripts.dispatch import execute
-from winsim.auth.gates import AUTH_KINDS
 from winsim.server import IDLE_CLOSE_S, HostEndpoint, SimServer
 
 log = logging.getLogger(__name__)
