@@ -161,6 +161,10 @@ class SimFleet:
         self.endpoints[name] = endpoint
         return endpoint
 
+    def set_password(self, name: str, password: str) -> None:
+        """Change the account's password on one host (a rotation the source has not seen)."""
+        self.endpoints[name].accounts.add_user(USERNAME, password)
+
     def stop(self) -> None:
         self.sim.stop()
 

@@ -92,6 +92,9 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
         assert row["emitted"] == row["expected"], row
         assert row["duplicated"] == 0, row
     assert doc["faults_source"]["source_alive_at_end"]
+    # a wrong password: refused logons counted on the host, one per auth_backoff at most
+    lockout = doc["lockout"]
+    assert 1 <= lockout["logon_failures_per_host"] <= lockout["bound_per_host"], lockout
     crash = doc["crash"]
     assert set(crash) >= CRASH_KEYS
     assert crash["lost"] == 0, crash

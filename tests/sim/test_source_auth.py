@@ -59,6 +59,7 @@ async def watching(
     auth: str,
     https: bool,
     extra_hosts: list[dict[str, Any]] | None = None,
+    map_certificate: str | None = None,
     **args: Any,
 ) -> AsyncIterator[Watched]:
     name = f"win{next(_names):02d}"
@@ -68,6 +69,8 @@ async def watching(
     ep = sim.add_host(
         name, host, username="ansible", password=PASSWORD, https=https, auth=host_auth
     )
+    if map_certificate:
+        ep.accounts.map_certificate(map_certificate, "ansible")
     watched = Watched(host, ep)
     source_args: dict[str, Any] = {
         "hosts": [{"name": name, "address": ep.address, "port": ep.port}, *(extra_hosts or [])],
@@ -131,6 +134,26 @@ async def test_every_outcome_over_negotiate(
     assert w.endpoint.counters.auth_failures == 0
     assert "poll failed" not in caplog.text
     assert_no_secret(caplog, w.events)
+
+
+async def test_client_certificate(
+    sim: SimServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cert_pem, key_pem = sim.server.ca.issue_client("ansible@localhost")
+    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+    cert_file.write_bytes(cert_pem)
+    key_file.write_bytes(key_pem)
+    key_file.chmod(0o600)
+    files = {"certificate_pem": str(cert_file), "certificate_key_pem": str(key_file)}
+    async with watching(
+        sim, tmp_path, auth="certificate", https=True, map_certificate="ansible@localhost", **files
+    ) as w:
+        ok = w.host.start_job("finished", 0.3)
+        await async_wait_until(lambda: ok in w.statuses(), 30, "the outcome")
+    assert w.statuses() == {ok: ["finished"]}
+    assert "PRIVATE KEY" not in caplog.text
+    assert key_pem.decode() not in repr(w.events)
 
 
 async def test_closed_connection_under_encryption_is_recovered_in_the_poll(
