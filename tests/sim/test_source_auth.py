@@ -145,7 +145,10 @@ async def test_client_certificate(
     cert_file.write_bytes(cert_pem)
     key_file.write_bytes(key_pem)
     key_file.chmod(0o600)
-    files = {"certificate_pem": str(cert_file), "certificate_key_pem": str(key_file)}
+    files: dict[str, Any] = {
+        "certificate_pem": str(cert_file),
+        "certificate_key_pem": str(key_file),
+    }
     async with watching(
         sim, tmp_path, auth="certificate", https=True, map_certificate="ansible@localhost", **files
     ) as w:
