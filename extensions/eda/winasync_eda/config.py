@@ -61,6 +61,7 @@ _HOST_DEFAULTS = (
     "operation_timeout",
     "certificate_pem",
     "certificate_key_pem",
+    "negotiate_hostname_override",
 )
 _HOST_KEYS = ("name", "address", *_HOST_DEFAULTS)
 _SOURCE_KEYS = (
@@ -112,6 +113,8 @@ class HostConfig:
     operation_timeout: float
     certificate_pem: str | None
     certificate_key_pem: str | None
+    # the host name in the Kerberos SPN (HTTP/<name>) when the address is not that name
+    negotiate_hostname_override: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,7 @@ _HOST_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "operation_timeout": _seconds,
     "certificate_pem": _file_path,
     "certificate_key_pem": _file_path,
+    "negotiate_hostname_override": _text,
     "message_encryption": _choice(("auto", "always", "never"), "message encryption"),
 }
 
@@ -412,6 +416,7 @@ def _build_host(name: str, merged: _Layer, origin: _HostOrigin) -> HostConfig:
         operation_timeout=operation_timeout,
         certificate_pem=get("certificate_pem"),
         certificate_key_pem=get("certificate_key_pem"),
+        negotiate_hostname_override=get("negotiate_hostname_override"),
     )
 
 

@@ -51,6 +51,7 @@ def make_transport(
             encryption=host.encryption,
             certificate_pem=host.certificate_pem,
             certificate_key_pem=host.certificate_key_pem,
+            negotiate_hostname_override=host.negotiate_hostname_override,
         ),
         executor,
     )

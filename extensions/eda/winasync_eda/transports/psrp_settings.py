@@ -38,6 +38,8 @@ class PsrpSettings:
     encryption: str = "auto"
     certificate_pem: str | None = None
     certificate_key_pem: str | None = None
+    # Kerberos: the host name of the SPN (HTTP/<name>) when the address is not that name
+    negotiate_hostname_override: str | None = None
     # a proxy URL may carry user:password
     proxy: str | None = field(default=None, repr=False)
     no_proxy: bool = False
@@ -123,6 +125,8 @@ class PsrpSettings:
             "reconnection_retries": self.reconnection_retries,
             "reconnection_backoff": self.reconnection_backoff,
         }
+        if self.negotiate_hostname_override and self.auth in _WRAPPING_AUTHS:
+            kwargs["negotiate_hostname_override"] = self.negotiate_hostname_override
         if self.auth == "certificate":
             kwargs["certificate_pem"] = self.certificate_pem
             kwargs["certificate_key_pem"] = self.certificate_key_pem
