@@ -2,7 +2,8 @@
 
 - head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs;
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
-- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts.
+- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts;
+- auth cost: CPU per poll and bytes per idle poll for each way of logging on.
 
 Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``).
 """
@@ -10,10 +11,11 @@ Prints progress, then the tables, and writes ``bench/results/latest.json`` (or `
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench import RESULTS_DIR
+from bench.auth_cost import AuthCostConfig, auth_cost
 from bench.fleet import FleetConfig, fleet_run
 from bench.head_to_head import HeadToHeadConfig, head_to_head
 from bench.idle_poll import IdleConfig, idle_poll
@@ -40,6 +42,7 @@ class Profile:
     head_to_head: HeadToHeadConfig
     idle: IdleConfig
     fleet: tuple[FleetConfig, ...]
+    auth: AuthCostConfig = field(default_factory=AuthCostConfig)
 
 
 PROFILES: dict[str, Profile] = {
@@ -47,6 +50,7 @@ PROFILES: dict[str, Profile] = {
         HeadToHeadConfig(jobs=4, min_s=1, max_s=2, repeats=1),
         IdleConfig(files=(0, 20), polls=2, interval=0.5),
         (FleetConfig(hosts=5, interval=1.0, window_s=8.0),),
+        AuthCostConfig(hosts=2, polls_per_host=3),
     ),
     "quick": Profile(
         HeadToHeadConfig(),
@@ -64,6 +68,7 @@ PROFILES: dict[str, Profile] = {
             FleetConfig(hosts=100, interval=10.0, window_s=120.0),
             FleetConfig(hosts=1000, interval=10.0, window_s=150.0),
         ),
+        AuthCostConfig(hosts=10, polls_per_host=20),
     ),
 }
 
@@ -120,6 +125,18 @@ def print_tables(doc: dict[str, Any]) -> None:
             [[row[k] for k in FLEET_KEYS] for row in doc["fleet"]],
         )
     )
+    print()
+    print(
+        table(
+            "Auth cost: the source's CPU and the bytes of one idle poll, per way of logging on",
+            ["auth", "protocol", "CPU ms/poll", "bytes/idle poll", "requests/poll"],
+            [
+                [r["auth"], r["protocol"], r["cpu_ms_per_poll"], r["bytes_per_idle_poll"],
+                 r["http_requests_per_poll"]]
+                for r in doc["auth_cost"]
+            ],
+        )
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "head_to_head": head_to_head(workdir / "h2h", profile.head_to_head),
             "idle_poll": idle_poll(workdir / "idle", profile.idle),
             "fleet": [fleet_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
+            "auth_cost": auth_cost(workdir / "auth", profile.auth),
         }
         print_tables(doc)
         progress(f"wrote {write_json(opts.out, doc)}")

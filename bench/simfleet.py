@@ -118,8 +118,13 @@ class SimFleet:
         *,
         prefix: str = "win",
         generation: Generation = "2.19-ps51",
+        auth: str = "basic",
+        https: bool = True,
     ) -> None:
+        """``auth``/``https``: how the hosts log the source on (Basic over HTTPS by default)."""
         self.count = count
+        self.auth = auth
+        self.https = https
         self.workdir = workdir
         self.prefix = prefix
         self.generation: Generation = generation
@@ -147,7 +152,12 @@ class SimFleet:
             host = SimHost(name, self.workdir / "hosts", generation=self.generation)
             host.attach_loop(asyncio.get_running_loop())
             endpoint = await self.sim.server.add_host(
-                name, host, username=USERNAME, password=self.password, https=True
+                name,
+                host,
+                username=USERNAME,
+                password=self.password,
+                https=self.https,
+                auth=self.auth,
             )
             self.hosts[name] = host
             self.endpoints[name] = endpoint
@@ -156,7 +166,12 @@ class SimFleet:
         """A second endpoint (own port, own counters) onto the same host and disk, so two
         clients of one host are counted apart."""
         endpoint = self.sim.add_host(
-            name, self.hosts[of], username=USERNAME, password=self.password, https=True
+            name,
+            self.hosts[of],
+            username=USERNAME,
+            password=self.password,
+            https=self.https,
+            auth=self.auth,
         )
         self.endpoints[name] = endpoint
         return endpoint
@@ -190,24 +205,26 @@ class SimFleet:
         return self.sim.ca_bundle
 
     def source_host(self, name: str) -> dict[str, Any]:
-        """The source's ``hosts`` item for one host: HTTPS, Basic, validated against our CA."""
+        """The source's ``hosts`` item for one host (HTTPS: validated against our CA)."""
         endpoint = self.endpoints[name]
-        return {
+        item: dict[str, Any] = {
             "name": name,
             "address": endpoint.address,
             "port": endpoint.port,
-            "protocol": "https",
-            "auth": "basic",
+            "protocol": "https" if self.https else "http",
+            "auth": self.auth,
             "username": USERNAME,
             "password": self.password,
-            "cert_validation": str(self.ca_bundle),
         }
+        if self.https:
+            item["cert_validation"] = str(self.ca_bundle)
+        return item
 
     def source_hosts(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         return [self.source_host(n) for n in (self.names if names is None else names)]
 
     def inventory(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """An Ansible inventory (psrp, Basic over HTTPS, validated) for ansible-playbook."""
+        """An Ansible inventory (psrp, the fleet's auth; HTTPS validated) for ansible-playbook."""
         hosts: dict[str, Any] = {}
         for name in self.names if names is None else names:
             endpoint = self.endpoints[name]
@@ -217,11 +234,14 @@ class SimFleet:
                 "ansible_connection": "psrp",
                 "ansible_user": USERNAME,
                 "ansible_password": self.password,
-                "ansible_psrp_protocol": "https",
-                "ansible_psrp_auth": "basic",
-                "ansible_psrp_cert_validation": "validate",
-                "ansible_psrp_ca_cert": str(self.ca_bundle),
+                "ansible_psrp_protocol": endpoint.scheme,
+                "ansible_psrp_auth": self.auth,
             }
+            if self.https:
+                hosts[name]["ansible_psrp_cert_validation"] = "validate"
+                hosts[name]["ansible_psrp_ca_cert"] = str(self.ca_bundle)
+            elif self.auth == "basic":
+                hosts[name]["ansible_psrp_message_encryption"] = "never"
         return {"all": {"hosts": hosts}}
 
     # -- counters -----------------------------------------------------------------------------

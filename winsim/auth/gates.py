@@ -158,16 +158,14 @@ class NegotiateGate:
     def _acceptor(self) -> Any:
         USER_FILE.ensure()
         bindings = GssChannelBindings(application_data=self.bindings) if self.bindings else None
-        options = spnego.NegotiateOptions.none
-        if self.service_host is None:
-            # pyspnego's own SPNEGO with its NTLM: no GSSAPI, so no keytab needed
-            options = spnego.NegotiateOptions.use_negotiate
+        # pyspnego's own SPNEGO: its NTLM, and Kerberos through gssapi when a ticket comes
+        # (the acceptor then reads the keytab of KRB5_KTNAME)
         return spnego.server(
             hostname=self.service_host or self.machine,
             service="HTTP",
             channel_bindings=bindings,
             protocol="negotiate",
-            options=options,
+            options=spnego.NegotiateOptions.use_negotiate,
         )
 
     def admit(self, request: Request, conn: Connection) -> Admission:
@@ -221,6 +219,10 @@ class NegotiateGate:
             log.info("%s: refused NTLM without a channel binding", self.machine)
             conn.reset()
             return _refuse(self, "channel binding")
+        if not self._ticket_is_for_this_host(conn.context):
+            log.info("%s: refused a Kerberos ticket for another service", self.machine)
+            conn.reset()
+            return _refuse(self, "credentials")
         principal = str(conn.context.client_principal or "")
         user = self.accounts.local_user(principal, self.machine)
         if user is None:
@@ -230,8 +232,36 @@ class NegotiateGate:
         conn.user = user
         return [("WWW-Authenticate", f"{header} {base64.b64encode(out).decode()}")] if out else []
 
+    def _ticket_is_for_this_host(self, context: Any) -> bool:
+        """NTLM: nothing to check. Kerberos: the ticket's service is HTTP/ or host/ of this
+        host (the acceptor reads a keytab that holds every host's keys)."""
+        if context.negotiated_protocol != "kerberos":
+            return True
+        if not self.service_host:
+            return False
+        target = _kerberos_target(context)
+        if target is None:
+            return False
+        service, _, rest = target.partition("/")
+        name = rest.split("@")[0].lower()
+        return service.lower() in ("http", "host") and name == self.service_host.lower()
+
     def seal_reply(self, conn: Connection, body: bytes) -> tuple[str, bytes]:
         return seal(conn.context, conn.protocol, body)
+
+
+def _kerberos_target(context: Any) -> str | None:
+    """The service principal a Kerberos ticket was issued for, from the gssapi context under
+    pyspnego's proxies (pyspnego has no public accessor for it)."""
+    inner = context
+    for _ in range(3):
+        target = getattr(inner, "target_name", None)
+        if target is not None and not callable(target):
+            return str(target)
+        inner = getattr(inner, "_context", None)
+        if inner is None:
+            return None
+    return None
 
 
 @dataclass

@@ -434,8 +434,10 @@ def _classify(exc: Exception) -> tuple[str, type[TransportError]]:
     for exc_type, kind in kinds:
         if isinstance(exc, exc_type):
             return kind, AuthenticationFailed if exc_type is AuthenticationError else TransportError
-    if type(exc).__module__.split(".")[0] == "spnego":
-        # no usable credentials or Kerberos ticket: as lasting as a refused password
+    if type(exc).__module__.split(".")[0] in ("spnego", "krb5", "gssapi"):
+        # no usable credentials or Kerberos ticket (a wrong password is refused by the KDC,
+        # before any request reaches the host): as lasting as a refused password, and retrying
+        # it quickly would lock the account out just the same
         return "negotiate error", AuthenticationFailed
     return f"unexpected {type(exc).__name__}", TransportError
 
