@@ -15,7 +15,9 @@ Ansible inventory for the psrp connection, 0600 as it carries the passwords), fo
 ``--auth`` is how the hosts log clients on: ``negotiate`` (the default, as Windows: NTLM, with
 WinRM message encryption over HTTP, or channel binding with ``--https``), ``basic`` (over HTTP
 only because the host then allows unencrypted traffic), ``certificate`` (TLS client
-certificates; needs ``--https``) or ``kerberos``.
+certificates; needs ``--https``) or ``kerberos`` (a real MIT KDC on loopback for the run: the
+user is the domain account ``<user>@WINSIM.TEST``; ``krb5.conf`` and ``env``, a file of
+``export`` lines a shell or a test sources, tell clients where the KDC is).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -40,6 +43,8 @@ from winsim.auth.gates import AUTH_KINDS
 from winsim.host import SimHost
 from winsim.jobfiles import GENERATIONS
 from winsim.jobs import OUTCOMES
+from winsim.kdc import Kdc
+from winsim.kdc import available as kdc_available
 from winsim.scripts.dispatch import execute
 from winsim.server import IDLE_CLOSE_S, HostEndpoint, SimServer
 
@@ -83,6 +88,10 @@ def _inventory_vars(
     elif ep.auth == "basic":
         # Basic over HTTP sends the password in the clear: only ever asked for explicitly
         hostvars["ansible_psrp_message_encryption"] = "never"
+    if ep.auth == "kerberos":
+        # a domain account; the SPN names the host (HTTP/<name>), the address is 127.0.0.1
+        hostvars["ansible_user"] = ep.accounts.principal_of(ep.username)
+        hostvars["ansible_psrp_negotiate_hostname_override"] = ep.service_host
     if certificate is not None:
         del hostvars["ansible_user"], hostvars["ansible_password"]
         hostvars["ansible_psrp_certificate_pem"] = str(certificate[0])
@@ -163,17 +172,46 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"a sim already serves {state}", file=sys.stderr)
             return 1
         sock_path.unlink()
-    ca_bundle = meta / "ca.pem"
-    ca_bundle.unlink(missing_ok=True)  # a new CA every run: never an old bundle
-
+    (meta / "ca.pem").unlink(missing_ok=True)  # a new CA every run: never an old bundle
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    realm = start_realm(meta) if args.auth == "kerberos" else None
+    try:
+        return await _serve(args, state, stop, realm)
+    finally:
+        if realm is not None:
+            realm.stop()
+
+
+def start_realm(meta: Path) -> Kdc:
+    """A Kerberos realm for the hosts, its ``krb5.conf`` and an ``env`` file for clients."""
+    realm = Kdc().start()
+    # this process's acceptors read the keytab; nothing else of the realm leaves it
+    os.environ.update({k: realm.env[k] for k in ("KRB5_CONFIG", "KRB5_KTNAME", "KRB5RCACHEDIR")})
+    conf = meta / "krb5.conf"
+    conf.write_text(realm.krb5_conf.read_text(encoding="utf-8"), encoding="utf-8")
+    env = {"KRB5_CONFIG": str(conf), "KRB5CCNAME": f"FILE:{meta / 'krb5cc'}"}
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    (meta / "env").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return realm
+
+
+async def _serve(
+    args: argparse.Namespace, state: Path, stop: asyncio.Event, realm: Kdc | None
+) -> int:
+    meta = meta_dir(state)
+    sock_path = meta / SOCKET_NAME
+    ca_bundle = meta / "ca.pem"
     hosts: dict[str, SimHost] = {}
     listing: list[dict[str, Any]] = []
     inventory: dict[str, Any] = {}
+    # with Kerberos the user is a domain account: one password for every host
+    domain_password = secrets.token_urlsafe(18)
+    principal = realm.add_user(args.user, domain_password) if realm is not None else None
+    loop = asyncio.get_running_loop()
     async with SimServer(
         execute, ca_bundle=ca_bundle if args.https else None, idle_close_s=args.idle_close
     ) as server:
@@ -181,7 +219,7 @@ async def serve(args: argparse.Namespace) -> int:
             name = f"{args.prefix}{index:02d}"
             host = SimHost(name, state, user=args.user, generation=args.generation)
             host.attach_loop(loop)
-            password = secrets.token_urlsafe(18)
+            password = domain_password if principal else secrets.token_urlsafe(18)
             port = args.base_port + index - 1 if args.base_port else 0
             ep = await server.add_host(
                 name,
@@ -192,7 +230,10 @@ async def serve(args: argparse.Namespace) -> int:
                 port=port,
                 https=args.https,
                 auth=args.auth,
+                service_host=realm.add_service(name) if realm is not None else None,
             )
+            if principal:
+                ep.accounts.map_principal(principal, args.user)
             hosts[name] = host
             bundle = server.ca_bundle if args.https else None
             certificate = (
@@ -206,7 +247,8 @@ async def serve(args: argparse.Namespace) -> int:
                 "port": ep.port,
                 "protocol": ep.scheme,
                 "auth": ep.auth,
-                "username": args.user,
+                "username": principal or args.user,
+                "service_host": ep.service_host,
                 "ca_bundle": str(bundle) if bundle else None,
                 "credentials": str(creds),
                 "root": str(host.root),
@@ -384,8 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 1 <= args.hosts <= 1000:
             print("--hosts must be between 1 and 1000", file=sys.stderr)
             return 2
-        if args.auth == "kerberos":
-            print("--auth kerberos is not available yet: it needs a KDC", file=sys.stderr)
+        if args.auth == "kerberos" and (missing := kdc_available()):
+            print(f"--auth kerberos needs a KDC: {missing}", file=sys.stderr)
             return 2
         if args.auth == "certificate" and not args.https:
             print("--auth certificate needs --https", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -167,6 +168,21 @@ class Fleet:
     def inventory(self) -> Path:
         """A psrp inventory of every host (0600: it holds the passwords)."""
         return meta_dir(self.state) / "inventory.yml"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a client's environment needs (``--auth kerberos``: where the KDC is), from the
+        ``env`` file of ``export`` lines the sim writes."""
+        path = meta_dir(self.state) / "env"
+        if not path.exists():
+            return {}
+        env: dict[str, str] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            words = shlex.split(line)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                key, _, value = words[1].partition("=")
+                env[key] = value
+        return env
 
     @property
     def ca_bundle(self) -> Path | None:

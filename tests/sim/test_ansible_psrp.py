@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from winsim.fleet import Fleet
+from winsim.kdc import available as kdc_available
 
 pytestmark = pytest.mark.sim
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,14 +19,29 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize(
     ("auth", "https"),
-    [("basic", True), ("negotiate", False), ("negotiate", True), ("certificate", True)],
-    ids=["basic-https", "negotiate-http-encrypted", "negotiate-https-bound", "certificate"],
+    [
+        ("basic", True),
+        ("negotiate", False),
+        ("negotiate", True),
+        ("certificate", True),
+        ("kerberos", False),
+    ],
+    ids=[
+        "basic-https",
+        "negotiate-http-encrypted",
+        "negotiate-https-bound",
+        "certificate",
+        "kerberos-http-encrypted",
+    ],
 )
 def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: bool) -> None:
+    if auth == "kerberos" and (missing := kdc_available()):
+        pytest.skip(f"Kerberos needs the KDC: {missing}")
     out = tmp_path / "out.json"
     with Fleet(tmp_path / "fleet", 1, https=https, auth=auth) as fleet:
         env = {
             **os.environ,
+            **fleet.client_env,
             "HOME": str(tmp_path),
             "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
             "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".work" / "collections"),

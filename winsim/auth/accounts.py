@@ -22,6 +22,8 @@ class Accounts:
     # a client certificate's UPN (``user@localhost``, as ``New-Item WSMan:\...\ClientCertificate
     # -Subject`` maps it) -> local user
     certificates: dict[str, str] = field(default_factory=dict)
+    # the principals as the KDC spells them (realms are case-sensitive)
+    _principal_names: dict[str, str] = field(default_factory=dict, repr=False)
 
     def add_user(self, name: str, password: str) -> None:
         if not name or any(c in name for c in ":\\@\n"):
@@ -34,6 +36,12 @@ class Accounts:
     def map_principal(self, principal: str, user: str) -> None:
         """Let a Kerberos principal (``alice@REALM``) log on as a local user of this host."""
         self.principals[principal.lower()] = user.lower()
+        self._principal_names[principal.lower()] = principal
+
+    def principal_of(self, user: str) -> str | None:
+        """The Kerberos principal mapped to a local user, if any."""
+        found = next((p for p, u in self.principals.items() if u == user.lower()), None)
+        return self._principal_names.get(found) if found else None
 
     def map_certificate(self, upn: str, user: str) -> None:
         """Let a client certificate whose UPN is ``upn`` log on as a local user of this host."""
