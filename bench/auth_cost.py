@@ -1,8 +1,8 @@
 """What each way of logging on costs the source: CPU per poll and bytes per idle poll.
 
 One small fleet per auth kind (Basic over HTTPS, Negotiate over HTTP with message encryption,
-Negotiate over HTTPS with channel binding, and Kerberos over HTTP when the KDC tools are
-installed), each watched by its own source in a child process. The job files are finished and
+Negotiate over HTTPS with channel binding, and Kerberos over HTTP with a real KDC when its tools
+are installed), each watched by its own source in a child process. The job files are finished and
 reported first; then CPU (the child's own samples) and traffic (the sim's counters, HTTP bodies
 only) are taken over the same span of idle polls.
 """
@@ -21,6 +21,7 @@ from bench.report import progress
 from bench.simfleet import JobPlan, SimFleet
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded
+from winsim.kdc import available as kdc_available
 
 READY_TIMEOUT_S = 120.0
 # (auth, protocol)
@@ -41,9 +42,14 @@ class AuthCostConfig:
 
 
 def auth_cost(workdir: Path, cfg: AuthCostConfig) -> list[dict[str, Any]]:
+    kinds = list(cfg.kinds)
+    missing = kdc_available()
+    if missing:
+        progress(f"auth cost: no Kerberos row ({missing})")
+    else:
+        kinds.append(("kerberos", "http"))
     return [
-        _one_kind(workdir / f"{auth}-{protocol}", cfg, auth, protocol)
-        for auth, protocol in cfg.kinds
+        _one_kind(workdir / f"{auth}-{protocol}", cfg, auth, protocol) for auth, protocol in kinds
     ]
 
 

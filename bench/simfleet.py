@@ -8,6 +8,7 @@ moment each job wrote its final result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from winsim.host import SimHost
 from winsim.jobfiles import Generation
 from winsim.jobs import Outcome
+from winsim.kdc import Kdc
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
 from winsim.testing import SimServerThread
@@ -132,15 +134,26 @@ class SimFleet:
         self.sim = SimServerThread(execute, call_timeout=300.0)
         self.hosts: dict[str, SimHost] = {}
         self.endpoints: dict[str, HostEndpoint] = {}
+        # auth kerberos: a realm for the fleet, a domain account, each host's SPN name
+        self._context = contextlib.ExitStack()
+        self.realm: Kdc | None = None
+        self.principal: str | None = None
+        self.service_hosts: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> SimFleet:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.sim.start()
         width = max(2, len(str(self.count)))
         names = [f"{self.prefix}{i:0{width}d}" for i in range(1, self.count + 1)]
         try:
+            if self.auth == "kerberos":
+                # the source runs in a child that inherits this process's environment
+                self.realm = self._context.enter_context(Kdc())
+                self._context.enter_context(self.realm.in_this_process())
+                self.principal = self.realm.add_user(USERNAME, self.password)
+                self.service_hosts = {name: self.realm.add_service(name) for name in names}
+            self.sim.start()
             self.sim.call(self._add_all(names))
         except BaseException:
             self.stop()
@@ -158,7 +171,10 @@ class SimFleet:
                 password=self.password,
                 https=self.https,
                 auth=self.auth,
+                service_host=self.service_hosts.get(name),
             )
+            if self.principal:
+                endpoint.accounts.map_principal(self.principal, USERNAME)
             self.hosts[name] = host
             self.endpoints[name] = endpoint
 
@@ -181,7 +197,10 @@ class SimFleet:
         self.endpoints[name].accounts.add_user(USERNAME, password)
 
     def stop(self) -> None:
-        self.sim.stop()
+        try:
+            self.sim.stop()
+        finally:
+            self._context.close()
 
     def __enter__(self) -> SimFleet:
         return self.start()
@@ -213,9 +232,11 @@ class SimFleet:
             "port": endpoint.port,
             "protocol": "https" if self.https else "http",
             "auth": self.auth,
-            "username": USERNAME,
+            "username": self.principal or USERNAME,
             "password": self.password,
         }
+        if name in self.service_hosts:
+            item["negotiate_hostname_override"] = self.service_hosts[name]
         if self.https:
             item["cert_validation"] = str(self.ca_bundle)
         return item

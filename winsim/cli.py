@@ -43,7 +43,7 @@ from winsim.auth.gates import AUTH_KINDS
 from winsim.host import SimHost
 from winsim.jobfiles import GENERATIONS
 from winsim.jobs import OUTCOMES
-from winsim.kdc import Kdc
+from winsim.kdc import PROCESS_ENV, Kdc
 from winsim.kdc import available as kdc_available
 from winsim.scripts.dispatch import execute
 from winsim.server import IDLE_CLOSE_S, HostEndpoint, SimServer
@@ -190,7 +190,7 @@ def start_realm(meta: Path) -> Kdc:
     """A Kerberos realm for the hosts, its ``krb5.conf`` and an ``env`` file for clients."""
     realm = Kdc().start()
     # this process's acceptors read the keytab; nothing else of the realm leaves it
-    os.environ.update({k: realm.env[k] for k in ("KRB5_CONFIG", "KRB5_KTNAME", "KRB5RCACHEDIR")})
+    os.environ.update({key: realm.env[key] for key in PROCESS_ENV})
     conf = meta / "krb5.conf"
     conf.write_text(realm.krb5_conf.read_text(encoding="utf-8"), encoding="utf-8")
     env = {"KRB5_CONFIG": str(conf), "KRB5CCNAME": f"FILE:{meta / 'krb5cc'}"}

@@ -13,11 +13,13 @@ key, and cannot read a ticket for another). Reverse DNS is off (``rdns``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -25,6 +27,8 @@ from typing import Any, Final
 log = logging.getLogger(__name__)
 
 REALM: Final = "WINSIM.TEST"
+# what this process needs to accept tickets (the keytab) and to ask the KDC for them
+PROCESS_ENV: Final = ("KRB5_CONFIG", "KRB5_KTNAME", "KRB5RCACHEDIR")
 DOMAIN: Final = "winsim.test"
 # where the KDC binaries are on Debian (k5test also looks on PATH)
 _SBIN: Final = Path("/usr/sbin")
@@ -141,6 +145,22 @@ class Kdc:
     def env(self) -> dict[str, str]:
         """``KRB5_CONFIG``, ``KRB5_KTNAME`` (the acceptor keytab), ``KRB5CCNAME``, ..."""
         return dict(self._realm.env)
+
+    @contextlib.contextmanager
+    def in_this_process(self) -> Iterator[None]:
+        """Point this process's Kerberos library at the realm (``PROCESS_ENV``), then back.
+
+        Like ``NTLM_USER_FILE``, these variables are process-wide: one realm at a time."""
+        saved = {key: os.environ.get(key) for key in PROCESS_ENV}
+        os.environ.update({key: self.env[key] for key in PROCESS_ENV})
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     @property
     def krb5_conf(self) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ Krb5Error = pytest.importorskip("krb5", reason="pypsrp[kerberos] is not installe
 
 USER_PASSWORD = "Kerb-Us3r-Passw0rd-never-logged"
 LOCAL_PASSWORD = "Local-Passw0rd-unused"
-_ENV = ("KRB5_CONFIG", "KRB5_KTNAME", "KRB5RCACHEDIR")
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +39,10 @@ def realm() -> Iterator[Kdc]:
     missing = kdc_module.available()
     if missing:
         pytest.skip(f"Kerberos tests need the KDC: {missing}")
-    saved = {k: os.environ.get(k) for k in _ENV}
-    with Kdc() as kdc:
-        os.environ.update({k: v for k, v in kdc.env.items() if k in _ENV})
+    with Kdc() as kdc, kdc.in_this_process():
         kdc.add_user("ansible", USER_PASSWORD)
         kdc.add_user("alice", USER_PASSWORD)
-        try:
-            yield kdc
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        yield kdc
 
 
 @pytest.fixture(scope="module")
