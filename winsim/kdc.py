@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import random
+import re
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -169,6 +171,18 @@ class Kdc:
     @property
     def keytab(self) -> Path:
         return Path(self._realm.keytab)
+
+    def service_keys(self) -> list[bytes]:
+        """The keys in the acceptor keytab (``klist -kK``), for tests that check none leaks."""
+        klist = shutil.which("klist") or "/usr/bin/klist"
+        out = subprocess.run(
+            [klist, "-kK", str(self.keytab)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [bytes.fromhex(m) for m in re.findall(r"\(0x([0-9a-fA-F]+)\)", out)]
 
     def host_name(self, host: str) -> str:
         """The DNS name a simulated host has in the realm (its SPN is ``HTTP/<this>``)."""

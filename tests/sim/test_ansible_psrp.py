@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.secret_scan import assert_not_shown, pem_body
 from winsim.fleet import Fleet
 from winsim.kdc import available as kdc_available
 
@@ -70,7 +71,16 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: b
         assert fleet.job_files("win01") == []
         creds = fleet.credentials("win01")
         inventory = fleet.inventory.read_text(encoding="utf-8")
+        secrets: dict[str, str | bytes] = {"the password": creds["password"]}
+        if auth == "certificate":
+            key_file = Path(
+                json.loads(inventory)["all"]["children"]["windows"]["hosts"]["win01"][
+                    "ansible_psrp_certificate_key_pem"
+                ]
+            )
+            secrets["the client certificate's key"] = pem_body(key_file.read_bytes())
+        shown = [proc.stdout, proc.stderr, fleet.log_path.read_text(encoding="utf-8")]
     assert f'"ansible_psrp_auth": "{auth}"' in inventory
     # message encryption is never turned off, except for Basic over HTTP
     assert "message_encryption" not in inventory
-    assert creds["password"] not in proc.stdout + proc.stderr
+    assert_not_shown(shown, secrets)
