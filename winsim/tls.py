@@ -79,17 +79,23 @@ class CertificateAuthority:
         names = list(dict.fromkeys(names))
         if not names:
             raise ValueError("a server certificate needs at least one name")
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
         sans: list[x509.GeneralName] = []
         for item in names:
             try:
                 sans.append(x509.IPAddress(ipaddress.ip_address(item)))
             except ValueError:
                 sans.append(x509.DNSName(item))
+        return self._leaf(names[0], sans, ExtendedKeyUsageOID.SERVER_AUTH)
+
+    def _leaf(
+        self, common_name: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier
+    ) -> tuple[bytes, bytes]:
+        """A certificate signed by this CA and its new key (both PEM)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -97,7 +103,7 @@ class CertificateAuthority:
             .not_valid_after(now + _VALIDITY)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
@@ -140,42 +146,12 @@ class CertificateAuthority:
     def issue_client(self, upn: str, *, client_auth: bool = True) -> tuple[bytes, bytes]:
         """A client certificate and its key (both PEM) whose SAN carries the UPN ``upn``, as
         WinRM's certificate mapping reads it (``ansible@localhost``)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
         value = upn.encode("utf-8")
         if len(value) > 127:
             raise ValueError("a UPN this long is not supported")
-        usages = [
-            ExtendedKeyUsageOID.CLIENT_AUTH if client_auth else ExtendedKeyUsageOID.SERVER_AUTH
-        ]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, upn.split("@")[0])]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.OtherName(_UPN_OID, bytes([0x0C, len(value)]) + value)]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
-            .sign(self._key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+        san = x509.OtherName(_UPN_OID, bytes([0x0C, len(value)]) + value)  # DER UTF8String
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client_auth else ExtendedKeyUsageOID.SERVER_AUTH
+        return self._leaf(upn.split("@")[0], [san], usage)
 
 
 def _now() -> datetime.datetime:

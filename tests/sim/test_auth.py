@@ -220,6 +220,23 @@ def test_client_certificate_maps_to_a_user_of_that_host(sim: SimServerThread, ad
         run_once(wsman(sim, other, "certificate", **files))
 
 
+def test_certificate_without_client_authentication_usage_is_refused(
+    sim: SimServerThread, add: Any, tmp_path: Path
+) -> None:
+    ep = add(auth="certificate", https=True)
+    ep.accounts.map_certificate("ansible@localhost", USER)
+    cert_pem, key_pem = sim.server.ca.issue_client("ansible@localhost", client_auth=False)
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "c.key").write_bytes(key_pem)
+    files = {
+        "certificate_pem": str(tmp_path / "c.pem"),
+        "certificate_key_pem": str(tmp_path / "c.key"),
+    }
+    with pytest.raises((AuthenticationError, requests.exceptions.SSLError)):
+        run_once(wsman(sim, ep, "certificate", **files))
+    assert ep.open_shells == 0
+
+
 def test_certificate_from_another_ca_is_refused(
     sim: SimServerThread, add: Any, tmp_path: Path
 ) -> None:
