@@ -160,19 +160,24 @@ async def test_client_certificate(
     assert_not_shown([caplog.text, repr(w.events)], {"the private key": pem_body(key_pem)})
 
 
-async def test_closed_connection_under_encryption_is_recovered_in_the_poll(
-    sim: SimServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("https", [False, True], ids=["http-encrypted", "https"])
+async def test_closed_connection_is_recovered_in_the_poll(
+    sim: SimServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture, https: bool
 ) -> None:
+    """Over HTTP the encrypted session is rebuilt within the poll; over HTTPS pypsrp logs on
+    again on the new connection by itself."""
     caplog.set_level(logging.DEBUG)
-    async with watching(sim, tmp_path, auth="negotiate", https=False) as w:
+    async with watching(sim, tmp_path, auth="negotiate", https=https) as w:
         first = w.host.start_job("finished", 0.2)
         await async_wait_until(lambda: first in w.statuses(), 30, "the first outcome")
+        logons = w.endpoint.counters.get("Auth").requests
         w.endpoint.faults.inject(FaultKind.CLOSE, count=1)
         second = w.host.start_job("finished", 0.2)
         await async_wait_until(lambda: second in w.statuses(), 30, "the second outcome")
         assert w.endpoint.faults.hits(FaultKind.CLOSE) == 1
+        assert w.endpoint.counters.get("Auth").requests > logons  # logged on again
     assert w.statuses() == {first: ["finished"], second: ["finished"]}
-    assert "encrypted session broke" in caplog.text
+    assert ("encrypted session broke" in caplog.text) is not https
     assert "poll failed" not in caplog.text
     assert_no_secret(caplog, w.events)
 
