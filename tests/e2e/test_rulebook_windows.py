@@ -18,16 +18,19 @@ from tests.e2e.conftest import (
 )
 from tests.secret_scan import assert_not_shown
 from winsim.fleet import Fleet
+from winsim.kdc import available as kdc_available
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(
-    params=[("basic", True), ("negotiate", False)],
-    ids=["basic-https", "negotiate-http-encrypted"],
+    params=[("basic", True), ("negotiate", False), ("kerberos", False)],
+    ids=["basic-https", "negotiate-http-encrypted", "kerberos-http-encrypted"],
 )
 def windows(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     auth, https = request.param
+    if auth == "kerberos" and (missing := kdc_available()):
+        pytest.skip(f"Kerberos needs the KDC: {missing}")
     with Fleet(tmp_path / "sim", hosts=3, https=https, auth=auth) as running:
         yield running
 
@@ -36,6 +39,8 @@ def test_windows_jobs_are_followed_up_remediated_and_cleaned(
     sandbox: Sandbox, windows: Fleet
 ) -> None:
     fleet = windows
+    # Kerberos: where the KDC is, for ansible-rulebook, the source and the playbooks
+    sandbox.env.update(fleet.client_env)
     rb = sandbox.rulebook(
         fleet.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
     ).start()
