@@ -7,6 +7,8 @@ from pathlib import Path
 
 from winasync_eda.config import parse_args
 from winasync_eda.secret import Secret
+from winasync_eda.transports.base import AuthenticationFailed
+from winasync_eda.transports.psrp import _classify
 from winasync_eda.transports.psrp_settings import PsrpSettings
 
 
@@ -68,3 +70,12 @@ def test_which_settings_seal_messages() -> None:
         encryption="never",
     )
     assert not basic.seals_messages
+
+
+def test_a_kerberos_refusal_is_an_authentication_failure() -> None:
+    """A wrong password never reaches the host with Kerberos: the KDC refuses it, and the
+    error comes from krb5 or gssapi, not as a 401. It must still get auth_backoff."""
+    for module in ("krb5._exceptions", "gssapi.raw.misc", "spnego.exceptions"):
+        error_type = type("Refused", (Exception,), {"__module__": module})
+        kind, cls = _classify(error_type("Preauthentication failed"))
+        assert (kind, cls) == ("negotiate error", AuthenticationFailed), module
