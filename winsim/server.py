@@ -28,15 +28,9 @@ from multidict import CIMultiDict
 from winsim.api import Executor
 from winsim.auth.accounts import Accounts
 from winsim.auth.bindings import end_point_data
-from winsim.auth.gates import (
-    AUTH_KINDS,
-    BasicGate,
-    CertificateGate,
-    Connection,
-    Gate,
-    NegotiateGate,
-    Request,
-)
+from winsim.auth.certificates import CertificateGate
+from winsim.auth.gates import AUTH_KINDS, BasicGate, Connection, Gate, Request
+from winsim.auth.negotiate import NegotiateGate
 from winsim.counters import Counters
 from winsim.faults import Fault, FaultKind, FaultPlan
 from winsim.tls import DEFAULT_NAMES, CertificateAuthority

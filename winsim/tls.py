@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 _VALIDITY = datetime.timedelta(days=30)
 # szOID_NT_PRINCIPAL_NAME: the UPN in a certificate's subject alternative name
-_UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+UPN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 
 
 class CertificateAuthority:
@@ -149,7 +149,7 @@ class CertificateAuthority:
         value = upn.encode("utf-8")
         if len(value) > 127:
             raise ValueError("a UPN this long is not supported")
-        san = x509.OtherName(_UPN_OID, bytes([0x0C, len(value)]) + value)  # DER UTF8String
+        san = x509.OtherName(UPN_OID, bytes([0x0C, len(value)]) + value)  # DER UTF8String
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client_auth else ExtendedKeyUsageOID.SERVER_AUTH
         return self._leaf(upn.split("@")[0], [san], usage)
 
