@@ -5,6 +5,7 @@ refusals (wrong password, unencrypted body, missing or wrong binding); HTTP.sys'
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,3 +305,23 @@ def test_accounts_reject_what_the_user_file_cannot_hold() -> None:
     assert accounts.local_user("WIN01\\bob", "win01") == "bob"
     assert accounts.local_user("OTHER\\bob", "win01") is None
     assert "pw" not in repr(accounts)
+
+
+def test_many_hosts_on_many_loops_log_on_at_once(sim: SimServerThread, add: Any) -> None:
+    """pyspnego reads NTLM users from one process-wide file: hosts of two servers (two event
+    loops, two threads) with the same user name and different passwords log clients on at the
+    same time, each against its own users only."""
+    first = add()
+    with SimServerThread(echo) as other_sim:
+        second = other_sim.add_host(
+            "other", "other", username=USER, password="Second-Passw0rd", auth="negotiate"
+        )
+        jobs = [(sim, first, PASSWORD), (other_sim, second, "Second-Passw0rd")] * 4
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            results = list(
+                pool.map(lambda j: run_once(wsman(j[0], j[1], "ntlm", password=j[2])), jobs)
+            )
+        assert results == [[f"ran on {first.name}"], ["ran on other"]] * 4
+        with pytest.raises(AuthenticationError):
+            run_once(wsman(other_sim, second, "ntlm"))  # the first host's password
+    assert first.counters.auth_failures == 0
