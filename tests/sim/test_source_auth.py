@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from winasync_eda.secret import Secret
 from winasync_eda.source import run
+from winasync_eda.transports.base import PollRequest
+from winasync_eda.transports.psrp import PsrpTransport
+from winasync_eda.transports.psrp_settings import PsrpSettings
 
 from tests.secret_scan import assert_not_shown, pem_body
 from tests.waiting import async_wait_until
@@ -255,3 +259,42 @@ async def test_wrong_password_is_tried_once_per_auth_backoff(
     assert_not_shown(
         [caplog.text], {"the wrong password": "Wrong-Passw0rd", "the password": PASSWORD}
     )
+
+
+async def test_an_idle_encrypted_session_is_replaced_before_the_poll(
+    sim: SimServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Idle longer than sealed_idle_s (100 s by default, under HTTP.sys's 120 s): the pool is
+    replaced without a request that would fail, and the old shell is deleted afterwards."""
+    caplog.set_level(logging.DEBUG)
+    host = SimHost("idle", tmp_path / "idle")
+    host.attach_loop(sim.loop)
+    ep = sim.add_host("idle", host, username="ansible", password=PASSWORD, auth="negotiate")
+    settings = PsrpSettings(
+        "idle",
+        ep.address,
+        port=ep.port,
+        protocol="http",
+        username="ansible",
+        password=Secret(PASSWORD),
+        auth="negotiate",
+        operation_timeout=2,
+        read_timeout=4,
+        sealed_idle_s=IDLE_CLOSE_S / 2,
+    )
+    transport = PsrpTransport(settings)
+    request = PollRequest(async_dir="%USERPROFILE%\\.ansible_async")
+    try:
+        await transport.poll(request)
+        await async_wait_until(lambda: sim.server.open_connections("idle") == 0, 10, "the close")
+        snapshot = await transport.poll(request)
+        assert snapshot.exists is False
+        await transport.poll(request)  # the old shell is deleted by now
+        assert ep.open_shells == 1
+    finally:
+        await transport.close()
+        sim.remove_host("idle")
+    assert "the encrypted session was idle" in caplog.text
+    assert "broke" not in caplog.text
+    assert "Failed to parse WSManFault" not in caplog.text  # no request failed
+    assert ep.counters.get("Delete").requests >= 1

@@ -195,6 +195,8 @@ class PsrpTransport:
         # so they are deleted once the host answers again
         self._abandoned: dict[str, str] = {}
         self._secrets = _secret_forms(settings)
+        # when the host last answered a poll (an encrypted session idle too long is rebuilt)
+        self._last_answer = time.monotonic()
 
     def __repr__(self) -> str:
         return f"PsrpTransport({self.settings.host_name!r})"
@@ -272,12 +274,28 @@ class PsrpTransport:
 
         Windows (HTTP.sys) closes a keep-alive connection idle for 120 s. pypsrp then logs on
         again on a new connection but still seals the body for the old context, and the host
-        answers 500: every later request of that session fails. The session cannot be saved,
-        so the pool is rebuilt at once, within this poll's deadline, and the poll goes on.
+        answers 500: every later request of that session fails. The session cannot be saved:
+        a session idle longer than ``sealed_idle_s`` is replaced before the poll, and one that
+        fails this way anyway (the host closed the connection for another reason) is replaced
+        at once, within this poll's deadline, and the poll goes on.
         """
+        idle = time.monotonic() - self._last_answer
+        if (
+            self._pool is not None
+            and self.settings.seals_messages
+            and idle > self.settings.sealed_idle_s
+        ):
+            # the host has most likely closed the connection: start over without a request
+            # that would fail (the old shell is deleted once the new session answers)
+            LOGGER.debug(
+                "%s: the encrypted session was idle %.0f s; opening a new pool",
+                self.settings.host_name,
+                idle,
+            )
+            self._forget_pool()
         reused = self._pool is not None
         try:
-            return self._invoke(parameters, deadline)
+            snapshot = self._invoke(parameters, deadline)
         except (WinRMTransportError, requests.exceptions.ConnectionError) as exc:
             if not (reused and self.settings.seals_messages) or time.monotonic() >= deadline:
                 raise
@@ -286,8 +304,29 @@ class PsrpTransport:
                 self.settings.host_name,
                 type(exc).__name__,
             )
-        self._discard_pool()
-        return self._invoke(parameters, deadline)
+            self._forget_pool()
+            snapshot = self._invoke(parameters, deadline)
+        self._last_answer = time.monotonic()
+        return snapshot
+
+    def _forget_pool(self) -> None:
+        """Drop a pool whose session cannot be used any more, without a request: its shell is
+        deleted later, over the next session that works."""
+        pool, wsman = self._pool, self._wsman
+        self._pool = self._wsman = None
+        shell = pool.shell if pool is not None else None
+        if (
+            shell is not None
+            and shell.opened
+            and shell.id
+            and len(self._abandoned) < _MAX_ABANDONED
+        ):
+            self._abandoned[str(shell.id)] = shell.resource_uri
+        if wsman is not None:
+            try:
+                wsman.close()  # the local HTTP session only
+            except Exception as exc:
+                self._debug_failure("closing the session", exc)
 
     def _invoke(self, parameters: Mapping[str, str], deadline: float) -> Snapshot:
         if self._closed:  # close() ran while this poll waited for the lock

@@ -40,6 +40,9 @@ class PsrpSettings:
     certificate_key_pem: str | None = None
     # Kerberos: the host name of the SPN (HTTP/<name>) when the address is not that name
     negotiate_hostname_override: str | None = None
+    # an encrypted session (HTTP) idle this long is replaced before the next poll: HTTP.sys
+    # closes idle connections after 120 s, and pypsrp cannot carry the session to a new one
+    sealed_idle_s: float = 100.0
     # a proxy URL may carry user:password
     proxy: str | None = field(default=None, repr=False)
     no_proxy: bool = False
