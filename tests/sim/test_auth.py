@@ -333,3 +333,21 @@ def test_serve_defaults_to_negotiate() -> None:
 
     args = build_parser().parse_args(["serve", "--state", "/tmp/unused"])
     assert (args.auth, args.https, args.idle_close) == ("negotiate", False, 120.0)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Negotiate " + base64.b64encode(b"\x60\x03garbage").decode(), "Negotiate ###", "NTLM abc"],
+    ids=["bad-token", "not-base64", "other-scheme"],
+)
+def test_a_bad_token_is_a_401_never_a_crash(sim: SimServerThread, add: Any, header: str) -> None:
+    ep = add()
+    response = requests.post(
+        ep.url,
+        data=b"",
+        headers={"Authorization": header},
+        timeout=10,
+        proxies={"http": "", "https": ""},
+    )
+    assert response.status_code == 401
+    assert "Negotiate" in response.headers.get("WWW-Authenticate", "")

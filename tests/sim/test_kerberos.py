@@ -5,6 +5,7 @@ accept them through pyspnego with a keytab, with WinRM message encryption over H
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -12,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+import spnego
 from pypsrp.exceptions import AuthenticationError
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
+from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 from winasync_eda.source import run
 
@@ -62,7 +66,9 @@ def host(realm: Kdc, sim: SimServerThread, tmp_path: Path) -> Iterator[HostEndpo
 
 
 @contextlib.contextmanager
-def kerberos_host(realm: Kdc, sim: SimServerThread, tmp_path: Path) -> Iterator[HostEndpoint]:
+def kerberos_host(
+    realm: Kdc, sim: SimServerThread, tmp_path: Path, https: bool = False
+) -> Iterator[HostEndpoint]:
     name = f"krb{next(_names):02d}"
     sim_host = SimHost(name, tmp_path / name)
     sim_host.attach_loop(sim.loop)
@@ -73,6 +79,7 @@ def kerberos_host(realm: Kdc, sim: SimServerThread, tmp_path: Path) -> Iterator[
         password=LOCAL_PASSWORD,
         auth="kerberos",
         service_host=realm.add_service(name),
+        https=https,
     )
     ep.accounts.map_principal(f"ansible@{realm.realm}", "ansible")
     try:
@@ -117,6 +124,35 @@ def test_ticket_for_the_host_logs_on_with_sealed_messages(
     assert host.counters.get("Create").requests == 1
     assert host.counters.auth_failures == 0
     assert wsman.transport.encryption is not None  # sealed with the Kerberos session key
+
+
+def test_kerberos_over_https_with_channel_binding(
+    realm: Kdc, sim: SimServerThread, tmp_path: Path
+) -> None:
+    with kerberos_host(realm, sim, tmp_path, https=True) as ep:
+        whoami(client(realm, ep, ssl=True, cert_validation=str(sim.ca_bundle)))
+        assert ep.counters.auth_failures == 0
+        assert ep.counters.get("Create").requests >= 1
+        # a ticket bound to another TLS channel is refused (gssapi checks the binding)
+        wrong = GssChannelBindings(application_data=b"tls-server-end-point:" + b"\x01" * 32)
+        ticket = spnego.client(
+            f"ansible@{realm.realm}",
+            USER_PASSWORD,
+            hostname=str(ep.service_host),
+            service="HTTP",
+            protocol="kerberos",
+            channel_bindings=wrong,
+        ).step()
+        assert ticket is not None
+        response = requests.post(
+            ep.url,
+            data=b"<s:Envelope/>",
+            headers={"Authorization": "Negotiate " + base64.b64encode(ticket).decode()},
+            verify=str(sim.ca_bundle),
+            timeout=10,
+        )
+        assert response.status_code == 401
+        assert ep.counters.auth_failures == 1
 
 
 def test_a_principal_not_mapped_on_the_host_is_refused(realm: Kdc, host: HostEndpoint) -> None:

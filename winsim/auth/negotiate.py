@@ -19,7 +19,6 @@ from typing import Any
 
 import spnego
 from spnego.channel_bindings import GssChannelBindings
-from spnego.exceptions import SpnegoError
 
 from winsim.auth.accounts import Accounts
 from winsim.auth.bindings import ntlm_binding_present
@@ -99,9 +98,10 @@ class NegotiateGate:
             conn.context = self._acceptor()
         try:
             out = USER_FILE.step(conn.context, token, self.accounts.ntlm_lines(self.machine))
-        except SpnegoError as exc:
+        except Exception as exc:
             # a wrong password, an unknown user, a wrong channel binding, a ticket for another
-            # service: pyspnego's message names the cause, never the secret
+            # service (SpnegoError), or a token the library chokes on (gssapi raised an
+            # AttributeError for a Kerberos ticket with a wrong binding): a refusal, never a 500
             log.info("%s: authentication refused (%s)", self.machine, type(exc).__name__)
             conn.reset()
             return refuse(self, "credentials")
