@@ -2,10 +2,10 @@
 
 - head to head: the classic ``async_status`` + ``until`` loop against the source on 20 jobs;
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
-- fleet: latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts;
+- fleet (``bench.scale``): latency, CPU per host poll and RSS for 10, 100 (and 1,000) hosts;
 - auth cost: CPU per poll and bytes per idle poll for each way of logging on.
 
-Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``).
+Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``); its keys are public (``docs/contract.md``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 from bench import RESULTS_DIR
 from bench.auth_cost import AuthCostConfig, auth_cost
-from bench.fleet import FleetConfig, fleet_run
 from bench.head_to_head import HeadToHeadConfig, head_to_head
 from bench.idle_poll import IdleConfig, idle_poll
 from bench.report import parse_options, progress, table, work_dir, write_json
+from bench.scale import ScaleConfig, scale_run
 
 FLEET_KEYS = (
     "hosts",
@@ -41,7 +41,7 @@ FLEET_KEYS = (
 class Profile:
     head_to_head: HeadToHeadConfig
     idle: IdleConfig
-    fleet: tuple[FleetConfig, ...]
+    fleet: tuple[ScaleConfig, ...]
     auth: AuthCostConfig = field(default_factory=AuthCostConfig)
 
 
@@ -49,24 +49,24 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         HeadToHeadConfig(jobs=4, min_s=1, max_s=2, repeats=1),
         IdleConfig(files=(0, 20), polls=2, interval=0.5),
-        (FleetConfig(hosts=5, interval=1.0, window_s=8.0),),
+        (ScaleConfig(hosts=5, interval=1.0, window_s=8.0),),
         AuthCostConfig(hosts=2, polls_per_host=3),
     ),
     "quick": Profile(
         HeadToHeadConfig(),
         IdleConfig(interval=0.5),
         (
-            FleetConfig(hosts=10, interval=2.0, window_s=30.0),
-            FleetConfig(hosts=100, interval=5.0, window_s=40.0),
+            ScaleConfig(hosts=10, interval=2.0, window_s=30.0),
+            ScaleConfig(hosts=100, interval=5.0, window_s=40.0),
         ),
     ),
     "full": Profile(
         HeadToHeadConfig(repeats=5),
         IdleConfig(interval=0.5, polls=10),
         (
-            FleetConfig(hosts=10, interval=10.0, window_s=120.0),
-            FleetConfig(hosts=100, interval=10.0, window_s=120.0),
-            FleetConfig(hosts=1000, interval=10.0, window_s=150.0),
+            ScaleConfig(hosts=10, interval=10.0, window_s=120.0),
+            ScaleConfig(hosts=100, interval=10.0, window_s=120.0),
+            ScaleConfig(hosts=1000, interval=10.0, window_s=150.0),
         ),
         AuthCostConfig(hosts=10, polls_per_host=20),
     ),
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": opts.profile,
             "head_to_head": head_to_head(workdir / "h2h", profile.head_to_head),
             "idle_poll": idle_poll(workdir / "idle", profile.idle),
-            "fleet": [fleet_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
+            "fleet": [scale_run(workdir / f"fleet-{cfg.hosts}", cfg) for cfg in profile.fleet],
             "auth_cost": auth_cost(workdir / "auth", profile.auth),
         }
         print_tables(doc)

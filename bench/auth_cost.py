@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
-from bench.fleet import _sample_after
+from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
-from bench.simfleet import JobPlan, SimFleet
+from bench.scale import _sample_after
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded
 from winsim.kdc import available as kdc_available
@@ -55,9 +55,13 @@ def auth_cost(workdir: Path, cfg: AuthCostConfig) -> list[dict[str, Any]]:
 
 def _one_kind(workdir: Path, cfg: AuthCostConfig, auth: str, protocol: str) -> dict[str, Any]:
     https = protocol == "https"
-    with SimFleet(cfg.hosts, workdir / "sim", prefix="ac", auth=auth, https=https) as fleet:
+    with InProcessHosts(cfg.hosts, workdir / "sim", prefix="ac", auth=auth, https=https) as fleet:
         refs = fleet.start_jobs(
-            [JobPlan(name, "finished", 0.0) for name in fleet.names for _ in range(cfg.job_files)]
+            [
+                JobPlan(name, "finished", 0.0)
+                for name in fleet.names
+                for _copy in range(cfg.job_files)
+            ]
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not all(fleet.job_ended(r) for r in refs):

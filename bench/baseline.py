@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ROOT
-from bench.simfleet import SimFleet, Traffic
+from bench.inprocess_hosts import InProcessHosts, Traffic
 
 PLAYBOOK_DIR = ROOT / "bench" / "playbooks"
 CLASSIC_PLAYBOOK = PLAYBOOK_DIR / "classic_wait.yml"
@@ -66,7 +66,7 @@ def ansible_env(workdir: Path) -> dict[str, str]:
 
 
 def run_playbook(
-    fleet: SimFleet,
+    sims: InProcessHosts,
     hosts: Sequence[str],
     playbook: Path,
     extra_vars: dict[str, Any],
@@ -76,7 +76,7 @@ def run_playbook(
     tags: str | None = None,
 ) -> PlaybookRun:
     workdir.mkdir(parents=True, exist_ok=True)
-    inventory = _private_json(workdir / f"{tag}.inventory.json", fleet.inventory(hosts))
+    inventory = _private_json(workdir / f"{tag}.inventory.json", sims.inventory(hosts))
     extra = _private_json(workdir / f"{tag}.vars.json", extra_vars)
     cmd = [
         str(Path(sys.executable).parent / "ansible-playbook"),
@@ -89,7 +89,7 @@ def run_playbook(
     if tags:
         cmd += ["--tags", tags]
     log = workdir / f"{tag}.log"
-    before = fleet.traffic(hosts)
+    before = sims.traffic(hosts)
     started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -107,6 +107,6 @@ def run_playbook(
         rc=proc.returncode,
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        traffic=fleet.traffic(hosts) - before,
+        traffic=sims.traffic(hosts) - before,
         log=log,
     )

@@ -24,8 +24,8 @@ from typing import Any
 
 from bench import BenchError
 from bench.baseline import CLASSIC_PLAYBOOK, PlaybookRun, run_playbook
+from bench.inprocess_hosts import InProcessHosts, Traffic
 from bench.report import progress
-from bench.simfleet import SimFleet, Traffic
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded
 
@@ -64,7 +64,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def _watch_while_starting(
-    fleet: SimFleet,
+    sims: InProcessHosts,
     host: str,
     extra: dict[str, Any],
     workdir: Path,
@@ -73,18 +73,18 @@ def _watch_while_starting(
 ) -> tuple[PlaybookRun, _SourceSide]:
     """The source watches ``host`` while the start-only playbook starts the jobs on it."""
     watch = f"{host}-watch"
-    fleet.alias(watch, host)
+    sims.alias(watch, host)
     events = EventFile(workdir / f"h2h-{rep}.events.jsonl")
     args: dict[str, Any] = {
-        "hosts": [{**fleet.source_host(watch), "name": host}],
+        "hosts": [{**sims.source_host(watch), "name": host}],
         "interval": cfg.interval,
     }
     source = SourceRun(workdir, args, events, f"h2h-source-{rep}").start()
     try:
-        if not source.wait_for(lambda: fleet.polled_hosts([watch]) > 0, START_TIMEOUT_S):
+        if not source.wait_for(lambda: sims.polled_hosts([watch]) > 0, START_TIMEOUT_S):
             raise BenchError(f"the source never polled; see {source.log_path}")
         start_only = run_playbook(
-            fleet, [host], CLASSIC_PLAYBOOK, extra, workdir, f"start-only-{rep}", tags="start"
+            sims, [host], CLASSIC_PLAYBOOK, extra, workdir, f"start-only-{rep}", tags="start"
         )
         _check_playbook(start_only, "start-only playbook")
         if not source.wait_for(lambda: len(events.arrivals) >= cfg.jobs, EVENTS_TIMEOUT_S):
@@ -99,7 +99,7 @@ def _watch_while_starting(
         raise BenchError(f"the source did not report its exit; see {source.log_path}")
     first = events.samples[0] if events.samples else None
     side = _SourceSide(
-        traffic=fleet.traffic([watch]),
+        traffic=sims.traffic([watch]),
         cpu_s=float(exit_record["cpu_s"]),
         startup_cpu_s=first.cpu_s if first else None,
         wall_s=last_event - (first.t if first else last_event),
@@ -139,19 +139,19 @@ def head_to_head(workdir: Path, cfg: HeadToHeadConfig) -> dict[str, Any]:
     classics: list[PlaybookRun] = []
     starts: list[PlaybookRun] = []
     sides: list[_SourceSide] = []
-    with SimFleet(2 * cfg.repeats, workdir / "sim", prefix="h2h") as fleet:
+    with InProcessHosts(2 * cfg.repeats, workdir / "sim", prefix="h2h") as sims:
         for rep in range(cfg.repeats):
-            classic_host, watched_host = fleet.names[2 * rep : 2 * rep + 2]
+            classic_host, watched_host = sims.names[2 * rep : 2 * rep + 2]
             progress(
                 f"head-to-head {rep + 1}/{cfg.repeats}: classic playbook on {classic_host} "
                 f"({cfg.jobs} jobs of {cfg.min_s}-{cfg.max_s} s, until finished, delay 1); "
                 f"then the source watching {watched_host} while the jobs start"
             )
             classic = run_playbook(
-                fleet, [classic_host], CLASSIC_PLAYBOOK, extra, workdir, f"classic-{rep}"
+                sims, [classic_host], CLASSIC_PLAYBOOK, extra, workdir, f"classic-{rep}"
             )
             _check_playbook(classic, "classic playbook")
-            start_only, side = _watch_while_starting(fleet, watched_host, extra, workdir, cfg, rep)
+            start_only, side = _watch_while_starting(sims, watched_host, extra, workdir, cfg, rep)
             classics.append(classic)
             starts.append(start_only)
             sides.append(side)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import ROOT, BenchError
+from bench.inprocess_hosts import InProcessHosts, JobPlan, Traffic, endpoint_traffic
 from bench.report import progress
-from bench.simfleet import JobPlan, SimFleet, Traffic, endpoint_traffic
 from bench.source_run import EventFile, SourceRun
 
 POLL_SCRIPT = (ROOT / "extensions/eda/winasync_eda/transports/poll.ps1").read_bytes()
@@ -31,23 +31,25 @@ class IdleConfig:
     headline_files: int = 20
 
 
-def _between_polls(fleet: SimFleet, name: str, at_least: int) -> Traffic | None:
-    t = endpoint_traffic(fleet.endpoints[name])
+def _between_polls(sims: InProcessHosts, name: str, at_least: int) -> Traffic | None:
+    t = endpoint_traffic(sims.endpoints[name])
     if t.pipelines >= at_least and t.signals == t.pipelines:
         return t
     return None
 
 
-def _measure(source: SourceRun, fleet: SimFleet, name: str, polls: int, timeout: float) -> Traffic:
+def _measure(
+    source: SourceRun, sims: InProcessHosts, name: str, polls: int, timeout: float
+) -> Traffic:
     found: list[Traffic] = []
 
     def settled(at_least: int) -> bool:
-        t = _between_polls(fleet, name, at_least)
+        t = _between_polls(sims, name, at_least)
         if t is not None:
             found.append(t)
         return t is not None
 
-    start_count = endpoint_traffic(fleet.endpoints[name]).pipelines + 1
+    start_count = endpoint_traffic(sims.endpoints[name]).pipelines + 1
     if not source.wait_for(lambda: settled(start_count), timeout, step=0.02):
         raise BenchError(f"{name}: no quiet moment between polls")
     first = found[-1]
@@ -57,15 +59,15 @@ def _measure(source: SourceRun, fleet: SimFleet, name: str, polls: int, timeout:
 
 
 def idle_poll(workdir: Path, cfg: IdleConfig) -> dict[str, Any]:
-    with SimFleet(len(cfg.files), workdir / "sim", prefix="idle") as fleet:
+    with InProcessHosts(len(cfg.files), workdir / "sim", prefix="idle") as sims:
         plans = [
             JobPlan(name, "finished", 0.0)
-            for name, count in zip(fleet.names, cfg.files, strict=True)
+            for name, count in zip(sims.names, cfg.files, strict=True)
             for _ in range(count)
         ]
-        refs = fleet.start_jobs(plans)
+        refs = sims.start_jobs(plans)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not all(fleet.job_ended(r) for r in refs):
+        while not all(sims.job_ended(r) for r in refs):
             if time.monotonic() > deadline:
                 raise BenchError("the idle hosts' jobs did not finish")
             time.sleep(0.05)
@@ -74,7 +76,7 @@ def idle_poll(workdir: Path, cfg: IdleConfig) -> dict[str, Any]:
             f"interval {cfg.interval:g} s, {cfg.polls} polls each"
         )
         events = EventFile(workdir / "idle.events.jsonl")
-        args = {"hosts": fleet.source_hosts(), "interval": cfg.interval}
+        args = {"hosts": sims.source_hosts(), "interval": cfg.interval}
         source = SourceRun(workdir, args, events, "idle-source").start()
         try:
             if not source.wait_for(lambda: len(events.arrivals) >= len(refs), READY_TIMEOUT_S):
@@ -83,9 +85,9 @@ def idle_poll(workdir: Path, cfg: IdleConfig) -> dict[str, Any]:
                     f"see {source.log_path}"
                 )
             by_files: dict[str, Any] = {}
-            for name, count in zip(fleet.names, cfg.files, strict=True):
+            for name, count in zip(sims.names, cfg.files, strict=True):
                 # the poll after the one that read the files is the first idle one
-                delta = _measure(source, fleet, name, cfg.polls, READY_TIMEOUT_S)
+                delta = _measure(source, sims, name, cfg.polls, READY_TIMEOUT_S)
                 n = delta.pipelines
                 by_files[str(count)] = {
                     "http_requests": round(delta.requests / n, 2),

@@ -1,6 +1,7 @@
 """``python -m bench.soak --quick|--full|--smoke``: the reliability suite.
 
-Fault matrix, crash soak (SIGKILL + restart on one state file) and hostile input, against
+Fault matrix, crash soak (SIGKILL + restart on one state file), failover across
+ansible-rulebook nodes on PostgreSQL (``soak_failover.py``) and hostile input, against
 simulated Windows hosts over HTTPS. Prints its tables and writes ``bench/results/soak.json``
 (or ``--out``). Exits 1 when a job was lost, an event was repeated outside the documented
 at-least-once window, a bad name was reported, or the source died.
@@ -15,6 +16,7 @@ from typing import Any
 from bench import RESULTS_DIR
 from bench.report import parse_options, progress, table, work_dir, write_json
 from bench.soak_crash import CrashConfig, crash_soak
+from bench.soak_failover import FailoverConfig, failover_soak
 from bench.soak_faults import FaultConfig, fault_matrix
 from bench.soak_hostile import HostileConfig, hostile
 
@@ -25,6 +27,7 @@ class SoakProfile:
     crash: CrashConfig
     crash_feedback: CrashConfig | None
     hostile: HostileConfig = field(default_factory=HostileConfig)
+    failover: FailoverConfig = field(default_factory=FailoverConfig)
 
 
 PROFILES: dict[str, SoakProfile] = {
@@ -33,11 +36,13 @@ PROFILES: dict[str, SoakProfile] = {
         crash=CrashConfig(runs=3, hosts=2, life_max_s=3.0),
         crash_feedback=None,
         hostile=HostileConfig(jobs_per_wave=2),
+        failover=FailoverConfig(runs=1, hosts=2),
     ),
     "quick": SoakProfile(
         faults=FaultConfig(hosts_per_fault=2, jobs_per_host=3, fault_s=20.0),
         crash=CrashConfig(runs=10),
         crash_feedback=CrashConfig(runs=5, feedback=True, seed=4),
+        failover=FailoverConfig(runs=5),
     ),
     "full": SoakProfile(
         faults=FaultConfig(hosts_per_fault=4, jobs_per_host=5, fault_s=45.0, interval=2.0),
@@ -112,6 +117,27 @@ def print_tables(doc: dict[str, Any]) -> None:
             ],
         )
     )
+    fo = doc["failover"]
+    print()
+    print(
+        table(
+            "Failover (ansible-rulebook nodes on one PostgreSQL, SIGKILL, the next node takes over)",
+            ["runs", "jobs", "handled", "lost", "dup", "dup outside", "takeover s", "window s"],
+            [
+                [
+                    fo["runs"],
+                    fo["jobs"],
+                    fo["handled"],
+                    fo["lost"],
+                    fo["duplicated"],
+                    fo["duplicated_outside_window"],
+                    "/".join(str(v) for v in fo["takeover_s"].values()),
+                    "/".join(str(v) for v in fo["window_s"].values()),
+                ]
+            ],
+        )
+    )
+    print(f"kill moments: {fo['moments']} (reached: {fo['moments_reached']}); p50/max")
     h = doc["hostile"]
     print()
     print(
@@ -162,9 +188,9 @@ def failures(doc: dict[str, Any]) -> list[str]:
             f"wrong password: {lockout['logon_failures_per_host']} logons on one host, more than "
             f"1 per auth_backoff ({lockout['bound_per_host']})"
         )
-    for key in ("crash", "crash_feedback"):
+    for key in ("crash", "crash_feedback", "failover"):
         c = doc.get(key)
-        if c and (c["lost"] or c["duplicated_outside_window"]):
+        if c and (c["lost"] or c["duplicated_outside_window"] or c.get("files_left")):
             found.append(
                 f"{key}: lost {c['lost']}, duplicated outside the window "
                 f"{c['duplicated_outside_window']}"
@@ -205,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if profile.crash_feedback is not None:
             doc["crash_feedback"] = crash_soak(workdir / "crash-fb", profile.crash_feedback)
         doc["hostile"] = hostile(workdir / "hostile", profile.hostile)
+        doc["failover"] = failover_soak(workdir / "failover", profile.failover)
         problems = failures(doc)
         doc["problems"] = problems
         print_tables(doc)

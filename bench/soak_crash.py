@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.inprocess_hosts import InProcessHosts, JobPlan, JobRef
 from bench.report import progress
-from bench.simfleet import JobPlan, JobRef, SimFleet
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded, tally
 from winsim.jobs import Outcome
@@ -58,9 +58,9 @@ def recorded(state_file: Path) -> set[Key]:
 class JobStarter(threading.Thread):
     """Starts a job on a random host every few hundred ms until stopped."""
 
-    def __init__(self, fleet: SimFleet, cfg: CrashConfig, rng: random.Random) -> None:
+    def __init__(self, sims: InProcessHosts, cfg: CrashConfig, rng: random.Random) -> None:
         super().__init__(name="crash-job-starter", daemon=True)
-        self.fleet = fleet
+        self.sims = sims
         self.cfg = cfg
         self.rng = rng
         self.refs: list[JobRef] = []
@@ -72,28 +72,28 @@ class JobStarter(threading.Thread):
             outcome = self.rng.choice(outcomes)
             options: dict[str, Any] = {"rc": 2} if outcome == "failed" else {}
             plan = JobPlan(
-                self.rng.choice(self.fleet.names),
+                self.rng.choice(self.sims.names),
                 outcome,
                 round(self.rng.uniform(0.1, self.cfg.job_max_s), 3),
                 options,
             )
-            self.refs.extend(self.fleet.start_jobs([plan]))
+            self.refs.extend(self.sims.start_jobs([plan]))
 
 
 def crash_soak(workdir: Path, cfg: CrashConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
     tag = "crash-feedback" if cfg.feedback else "crash"
-    with SimFleet(cfg.hosts, workdir / "sim", prefix="cr") as fleet:
+    with InProcessHosts(cfg.hosts, workdir / "sim", prefix="cr") as sims:
         state_file = workdir / f"{tag}.state.json"
         events = EventFile(workdir / f"{tag}.events.jsonl")
         args: dict[str, Any] = {
-            "hosts": fleet.source_hosts(),
+            "hosts": sims.source_hosts(),
             "interval": cfg.interval,
             "state_file": str(state_file),
         }
         if cfg.feedback:
             args["feedback"] = True
-        starter = JobStarter(fleet, cfg, rng)
+        starter = JobStarter(sims, cfg, rng)
         starter.start()
         unrecorded_at_kill: set[Key] = set()
         lives: list[float] = []
@@ -117,7 +117,7 @@ def crash_soak(workdir: Path, cfg: CrashConfig) -> dict[str, Any]:
             starter.join()
         refs = list(starter.refs)
         end_by = time.monotonic() + cfg.job_max_s + 30
-        while not all(fleet.job_ended(r) for r in refs) and time.monotonic() < end_by:
+        while not all(sims.job_ended(r) for r in refs) and time.monotonic() < end_by:
             time.sleep(0.1)
         wanted = {(r.host, r.jid, r.expected) for r in refs}
         final = SourceRun(workdir, args, events, f"{tag}-final").start()
@@ -130,8 +130,8 @@ def crash_soak(workdir: Path, cfg: CrashConfig) -> dict[str, Any]:
             exit_record = final.stop()
         # pools of killed runs are never closed: on Windows they count against MaxShellsPerUser
         # until WinRM's idle timeout; the sim has no such quota, it only counts them
-        open_shells = sum(fleet.endpoints[n].open_shells for n in fleet.names)
-        final_at = {r: fleet.final_write_at(r) for r in refs}
+        open_shells = sum(sims.endpoints[n].open_shells for n in sims.names)
+        final_at = {r: sims.final_write_at(r) for r in refs}
 
     result = tally(refs, final_at, events.arrivals)
     counts = Counter((a.host, a.jid, a.status) for a in events.arrivals)

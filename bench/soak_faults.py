@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
+from bench.inprocess_hosts import InProcessHosts, JobPlan, JobRef
 from bench.report import progress
-from bench.simfleet import JobPlan, JobRef, SimFleet
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded, tally
 
@@ -65,38 +65,38 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
     """(one row per fault, how the source fared: alive at the end, its exit error)."""
     rng = random.Random(cfg.seed)
     count = cfg.hosts_per_fault * len(FAULTS)
-    with SimFleet(count, workdir / "sim", prefix="ft") as fleet:
-        names = fleet.names
+    with InProcessHosts(count, workdir / "sim", prefix="ft") as sims:
+        names = sims.names
         groups = {
             label: names[i * cfg.hosts_per_fault : (i + 1) * cfg.hosts_per_fault]
             for i, (label, _) in enumerate(FAULTS)
         }
         events = EventFile(workdir / "faults.events.jsonl")
-        args = {"hosts": fleet.source_hosts(), "interval": cfg.interval, **SOURCE_SETTINGS}
+        args = {"hosts": sims.source_hosts(), "interval": cfg.interval, **SOURCE_SETTINGS}
         source = SourceRun(workdir, args, events, "faults-source").start()
         try:
-            if not source.wait_for(lambda: fleet.polled_hosts() == count, 60.0, step=0.2):
+            if not source.wait_for(lambda: sims.polled_hosts() == count, 60.0, step=0.2):
                 raise BenchError(f"not every host was polled; see {source.log_path}")
             for label, spec in FAULTS:
                 for name in groups[label]:
                     if spec.get("kind") == WRONG_PASSWORD:
-                        fleet.set_password(name, secrets.token_urlsafe(16))
+                        sims.set_password(name, secrets.token_urlsafe(16))
                     elif spec:
-                        fleet.endpoints[name].faults.inject(**spec)
+                        sims.endpoints[name].faults.inject(**spec)
             plans = [
                 JobPlan(name, "finished", round(rng.uniform(1.0, cfg.fault_s - 1.0), 3))
                 for name in names
                 for _ in range(cfg.jobs_per_host)
             ]
-            refs = fleet.start_jobs(plans)
+            refs = sims.start_jobs(plans)
             progress(
                 f"faults: {len(FAULTS) - 1} faults on {cfg.hosts_per_fault} hosts each "
                 f"(+ control), {len(refs)} jobs ending while the faults are on for {cfg.fault_s:g} s"
             )
             source.wait_for(lambda: False, cfg.fault_s)
             for name in names:
-                fleet.endpoints[name].faults.clear()
-                fleet.set_password(name, fleet.password)
+                sims.endpoints[name].faults.clear()
+                sims.set_password(name, sims.password)
             t_clear = time.time()
             during = {(a.host, a.jid) for a in events.arrivals if a.t < t_clear}
             progress(f"faults: cleared; {len(during)} events came while they were on")
@@ -108,12 +108,12 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
             )
             source.wait_for(lambda: False, 3 * cfg.interval)  # a late duplicate shows up now
             alive = source.alive
-            hits = {name: fleet.endpoints[name].faults.hits() for name in names}
-            logon_failures = {name: fleet.endpoints[name].counters.auth_failures for name in names}
+            hits = {name: sims.endpoints[name].faults.hits() for name in names}
+            logon_failures = {name: sims.endpoints[name].counters.auth_failures for name in names}
         finally:
             exit_record = source.stop()
-        open_shells = {n: fleet.endpoints[n].open_shells for n in names}
-        final_at = {r: fleet.final_write_at(r) for r in refs}
+        open_shells = {n: sims.endpoints[n].open_shells for n in names}
+        final_at = {r: sims.final_write_at(r) for r in refs}
 
     rows = []
     for label, spec in FAULTS:

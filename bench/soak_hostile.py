@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
+from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
-from bench.simfleet import JobPlan, SimFleet
 from bench.source_run import EventFile, SourceRun
 from bench.tally import rounded, tally
 from winsim.host import SimHost
@@ -134,12 +134,12 @@ def _plant(host: SimHost, odds: list[Odd]) -> None:
 def hostile(workdir: Path, cfg: HostileConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
     odds = odd_files(cfg, rng)
-    with SimFleet(2, workdir / "sim", prefix="ho") as fleet:
-        odd_host, control = fleet.names
-        fleet.hosts[odd_host].call(_plant, fleet.hosts[odd_host], odds)
+    with InProcessHosts(2, workdir / "sim", prefix="ho") as sims:
+        odd_host, control = sims.names
+        sims.hosts[odd_host].call(_plant, sims.hosts[odd_host], odds)
         progress(f"hostile: {len(odds)} odd files on {odd_host}; {control} is the control")
         events = EventFile(workdir / "hostile.events.jsonl")
-        args = {"hosts": fleet.source_hosts(), "interval": cfg.interval}
+        args = {"hosts": sims.source_hosts(), "interval": cfg.interval}
         source = SourceRun(workdir, args, events, "hostile-source").start()
         refs = []
         try:
@@ -149,7 +149,7 @@ def hostile(workdir: Path, cfg: HostileConfig) -> dict[str, Any]:
                     for name in (odd_host, control)
                     for _ in range(cfg.jobs_per_wave)
                 ]
-                refs += fleet.start_jobs(plans)
+                refs += sims.start_jobs(plans)
                 if wave == 0:
                     source.wait_for(lambda: False, 5 * cfg.interval)
             wanted = {(r.host, r.jid, r.expected) for r in refs}
@@ -159,10 +159,10 @@ def hostile(workdir: Path, cfg: HostileConfig) -> dict[str, Any]:
             )
             source.wait_for(lambda: False, 3 * cfg.interval)
             alive = source.alive
-            traffic = fleet.traffic([odd_host])
+            traffic = sims.traffic([odd_host])
         finally:
             exit_record = source.stop()
-        final_at = {r: fleet.final_write_at(r) for r in refs}
+        final_at = {r: sims.final_write_at(r) for r in refs}
     if exit_record is None and alive:
         raise BenchError(f"the hostile run left no exit record; see {source.log_path}")
 

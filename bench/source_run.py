@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from bench import ROOT
+from harness.process import ChildProcess, Lifecycle, read_log
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class EventFile:
         return max(peaks, default=0)
 
 
-class SourceRun:
+class SourceRun(Lifecycle):
     """One child process running the source; several may append to the same EventFile."""
 
     def __init__(self, workdir: Path, args: dict[str, Any], events: EventFile, tag: str) -> None:
@@ -125,8 +124,7 @@ class SourceRun:
         self.args = args
         self.events = events
         self.tag = tag
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.process: ChildProcess | None = None
 
     @property
     def log_path(self) -> Path:
@@ -140,20 +138,14 @@ class SourceRun:
             json.dump(self.args, fh)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.source_proc", str(args_path), str(self.events.path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=env,
-        )
+        cmd = [sys.executable, "-m", "bench.source_proc", str(args_path), str(self.events.path)]
+        process = ChildProcess(cmd, log_path=self.log_path, env=env, cwd=ROOT, name=self.tag)
+        self.process = process.start()
         return self
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.running
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
         """Read the events until ``predicate`` holds; False after ``timeout`` or if the child died."""
@@ -169,39 +161,18 @@ class SourceRun:
 
     def stop(self) -> dict[str, Any] | None:
         """SIGTERM (the source is cancelled and closes its pools); the exit record, if any."""
-        proc = self.proc
-        if proc is None:
+        if self.process is None:
             return None
         before = len(self.events.exits)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(EXIT_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("%s: no exit %.0f s after SIGTERM: killed", self.tag, EXIT_TIMEOUT_S)
-                proc.kill()
-                proc.wait(EXIT_TIMEOUT_S)
-        self._close_log()
+        self.process.stop(EXIT_TIMEOUT_S)
         self.events.read()
         return self.events.exits[-1] if len(self.events.exits) > before else None
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as after a crash or an OOM kill."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(EXIT_TIMEOUT_S)
-        self._close_log()
+        if self.process is not None:
+            self.process.kill()
         self.events.read()
 
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return "\n".join(read_log(self.log_path).splitlines()[-lines:])

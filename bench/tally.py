@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bench.simfleet import JobRef
+from bench.inprocess_hosts import JobRef
 from bench.source_run import Arrival
 
 

@@ -26,17 +26,17 @@ from typing import Any
 from demo.report import JobState, table
 from demo.scenario import HOSTS, JOBS, DemoJob
 from demo.watch import Event, HostEvent, LineTail, parse_log_line, parse_record
-from winsim.fleet import Fleet
-from winsim.rulebook import (
+from harness import REPO
+from harness.rulebook import (
     ANSIBLE_RULEBOOK,
     BIN,
     DEPENDENCY_COLLECTIONS,
     READY_LINE,
-    REPO,
     Rulebook,
     checkout_collections,
     sandbox_env,
 )
+from harness.sim_process import SimProcess
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +95,20 @@ class Demo:
             f"the rulebook {RULEBOOK}"
         )
         # what most Windows fleets run: Negotiate (NTLM) over http with WinRM message encryption
-        with Fleet(self.workdir / "sim", hosts=len(HOSTS), https=False, auth="negotiate") as fleet:
+        with SimProcess(
+            self.workdir / "sim", hosts=len(HOSTS), https=False, auth="negotiate"
+        ) as sim_hosts:
             self.say(
-                f"simulated hosts up: {', '.join(fleet.names)} "
+                f"simulated hosts up: {', '.join(sim_hosts.names)} "
                 "(WinRM over http on 127.0.0.1, Negotiate/NTLM with message encryption)"
             )
             rulebook = Rulebook(
                 RULEBOOK,
-                fleet.inventory,
+                sim_hosts.inventory,
                 self.workdir,
                 self.env,
                 variables={
-                    "winasync_inventory": str(fleet.inventory),
+                    "winasync_inventory": str(sim_hosts.inventory),
                     "winasync_interval": self.interval,
                     "winasync_record_file": str(self.record_file),
                 },
@@ -117,8 +119,8 @@ class Demo:
             try:
                 rulebook.start()
                 self.say(f"ansible-rulebook starting, log: {rulebook.log}")
-                starters = [self._start(job, fleet) for job in JOBS]
-                self._watch(fleet, rulebook, starters)
+                starters = [self._start(job, sim_hosts) for job in JOBS]
+                self._watch(sim_hosts, rulebook, starters)
             finally:
                 for starter in starters:
                     if starter.proc.poll() is None:
@@ -127,7 +129,7 @@ class Demo:
                 rulebook.stop()
             for state in self.states.values():
                 if state.jid is not None:
-                    state.file_left = state.jid in fleet.job_files(state.job.host)
+                    state.file_left = state.jid in sim_hosts.job_files(state.job.host)
         self.say("stopped ansible-rulebook and the simulated hosts")
         say("")
         say(table(list(self.states.values())))
@@ -142,7 +144,7 @@ class Demo:
         say(f"{len(states) - good} of {len(states)} jobs were NOT handled as expected.")
         return 1
 
-    def _start(self, job: DemoJob, fleet: Fleet) -> Starter:
+    def _start(self, job: DemoJob, sim_hosts: SimProcess) -> Starter:
         extra = {
             "winasync_hosts": job.host,
             "winasync_command": job.command,
@@ -154,7 +156,7 @@ class Demo:
         cmd = [
             str(BIN / "ansible-playbook"),
             "-i",
-            str(fleet.inventory),
+            str(sim_hosts.inventory),
             str(REPO / "playbooks" / "start_job.yml"),
             "-e",
             f"@{vars_file}",
@@ -171,7 +173,9 @@ class Demo:
         )
         return Starter(job, proc)
 
-    def _watch(self, fleet: Fleet, rulebook: Rulebook, starters: Sequence[Starter]) -> None:
+    def _watch(
+        self, sim_hosts: SimProcess, rulebook: Rulebook, starters: Sequence[Starter]
+    ) -> None:
         deadline = self.started_at + self.timeout
         log_tail = LineTail(rulebook.log)
         record_tail = LineTail(self.record_file)
@@ -180,7 +184,7 @@ class Demo:
         while True:
             for starter in [s for s in pending if s.proc.poll() is not None]:
                 pending.remove(starter)
-                self._started(starter, fleet)
+                self._started(starter, sim_hosts)
             for line in log_tail.new_lines():
                 if not ready and READY_LINE in line:
                     ready = True
@@ -204,7 +208,7 @@ class Demo:
 
     # --- what is shown ---------------------------------------------------------------------
 
-    def _started(self, starter: Starter, fleet: Fleet) -> None:
+    def _started(self, starter: Starter, sim_hosts: SimProcess) -> None:
         out = starter.proc.stdout.read() if starter.proc.stdout else ""
         job = starter.job
         match = JOB_ID_RE.search(out)
@@ -219,7 +223,7 @@ class Demo:
         self.by_jid[state.jid] = state
         self.say(f"job {job.name!r} started on {job.host}: {state.jid}")
         if job.reboot:
-            fleet.reboot(job.host)
+            sim_hosts.reboot(job.host)
             self.say(f"rebooted {job.host}: job {job.name!r} can no longer finish")
         for event in [e for e in self.early_events if e.jid == state.jid]:
             self.early_events.remove(event)

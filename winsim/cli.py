@@ -69,10 +69,14 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _inventory_vars(
-    ep: HostEndpoint, password: str, ca_bundle: Path | None, certificate: tuple[Path, Path] | None
+def inventory_vars(
+    ep: HostEndpoint,
+    password: str,
+    ca_bundle: Path | None,
+    certificate: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """The connection vars of one host, as a Windows admin writes them for its auth kind."""
+    """The psrp inventory variables of one simulated host, as a Windows admin writes them for
+    its auth kind (also the benchmarks' inventory)."""
     hostvars: dict[str, Any] = {
         "ansible_host": ep.address,
         "ansible_port": ep.port,
@@ -255,7 +259,7 @@ async def _serve(
             }
             _write_private(creds, json.dumps(dict(entry, password=password), indent=2))
             listing.append(entry)
-            inventory[name] = _inventory_vars(ep, password, bundle, certificate)
+            inventory[name] = inventory_vars(ep, password, bundle, certificate)
             print(f"{name} {ep.url} credentials={creds}", flush=True)
         (meta / "hosts.json").write_text(json.dumps(listing, indent=2), encoding="utf-8")
         # JSON is YAML: ansible's yaml inventory plugin reads it
@@ -355,7 +359,9 @@ def cmd_hosts(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m winsim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m winsim", description=__doc__.split("\n", maxsplit=1)[0]
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the hosts do")
     sub = parser.add_subparsers(dest="command", required=True)
 

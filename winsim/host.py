@@ -16,19 +16,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from winsim.jobfiles import Generation
-
-if TYPE_CHECKING:
-    from winsim.jobs import Outcome, ScriptedJob, WriteControl
+from winsim.jobs import DEFAULT_ASYNC_DIR, JobSpec, Outcome, ScriptedJob, start
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PsEdition = Literal["5.1", "7"]
 
-DEFAULT_ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 # Windows pids are multiples of 4; a reboot restarts the sequence, so pids come back.
 FIRST_PID = 4000
 PID_STEP = 4
@@ -295,42 +292,17 @@ class SimHost:
                 log.exception("host %s: a reboot listener failed", self.name)
 
     def start_job(
-        self,
-        outcome: Outcome = "finished",
-        duration_s: float = 1.0,
-        *,
-        rc: int | None = None,
-        stdout: str = "",
-        stderr: str = "",
-        msg: str | None = None,
-        generation: Generation | None = None,
-        jid: str | None = None,
-        timeout_s: float | None = None,
-        cmd: str | None = None,
-        result: Mapping[str, Any] | None = None,
-        async_dir: str = DEFAULT_ASYNC_DIR,
-        write: WriteControl | None = None,
-        lock_while_writing: bool = False,
+        self, outcome: Outcome = "finished", duration_s: float = 1.0, **options: Any
     ) -> str:
-        """Start a scripted async job; returns its jid (``j<digits>.<pid>``). Any thread."""
-        from winsim.jobs import JobSpec, start
+        """Start a scripted async job; returns its jid (``j<digits>.<pid>``). Any thread.
 
-        spec = JobSpec(
-            outcome=outcome,
-            duration_s=duration_s,
-            rc=rc,
-            stdout=stdout,
-            stderr=stderr,
-            msg=msg,
-            generation=generation or self.generation,
-            jid=jid,
-            timeout_s=timeout_s,
-            cmd=cmd,
-            result=dict(result or {}),
-            async_dir=async_dir,
-            write=write,
-            lock_while_writing=lock_while_writing,
-        )
+        ``options`` are the other fields of :class:`~winsim.jobs.JobSpec` (``rc``, ``stdout``,
+        ``generation`` (this host's when unset), ``write``, ...).
+        """
+        if options.get("generation") is None:
+            options["generation"] = self.generation
+        options["result"] = dict(options.get("result") or {})
+        spec = JobSpec(outcome=outcome, duration_s=duration_s, **options)
         return self.call(start, self, spec).jid
 
     def job(self, jid: str) -> ScriptedJob:

@@ -37,6 +37,9 @@ _JID_ONLY_RE = re.compile(r"^j[0-9]{1,12}$")
 FAILED_MSG = "non-zero return code"
 
 
+DEFAULT_ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
+
+
 @dataclass(frozen=True)
 class WriteControl:
     """How the final write unfolds: a pause at each intermediate step, or a hold until stepped."""
@@ -59,7 +62,7 @@ class JobSpec:
     timeout_s: float | None = None
     cmd: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
-    async_dir: str = r"%USERPROFILE%\.ansible_async"
+    async_dir: str = DEFAULT_ASYNC_DIR
     write: WriteControl | None = None
     lock_while_writing: bool = False
 

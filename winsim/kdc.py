@@ -61,7 +61,7 @@ def _tool(name: str) -> str | None:
 def _free_portbase() -> int:
     """A base port whose KDC port (TCP and UDP) is free now."""
     rng = random.SystemRandom()
-    for _ in range(50):
+    for _attempt in range(50):
         base = rng.randrange(20000, 60000, 10)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:

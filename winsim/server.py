@@ -95,7 +95,7 @@ class SimServer:
     """The simulated hosts of one process, served from the running event loop.
 
     Use ``async with SimServer(executor) as server`` (or ``start``/``stop``), then ``add_host``.
-    From synchronous code use ``winsim.testing.SimServerThread``.
+    From synchronous code use ``harness.sim_thread.SimServerThread`` (the test plumbing).
     """
 
     def __init__(

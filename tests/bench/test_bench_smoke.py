@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 TIMEOUT_S = 420
 
 pytestmark = [pytest.mark.e2e, pytest.mark.sim]
@@ -33,21 +34,23 @@ FLEET_KEYS = {
 }
 FAULT_KEYS = {"fault", "hosts", "jobs", "expected", "emitted", "duplicated", "worst_latency_s"}
 CRASH_KEYS = {"runs", "jobs", "handled", "lost", "duplicated"}
+FAILOVER_KEYS = CRASH_KEYS | {"duplicated_outside_window"}
 
 
 def _collections() -> Path:
     return Path(
-        os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(ROOT / ".work" / "collections"))
+        os.environ.get("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".work" / "collections"))
     ).resolve()
 
 
 def _run(module: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["ANSIBLE_COLLECTIONS_PATH"] = str(_collections())
     proc = subprocess.run(
         [sys.executable, "-m", module, "--smoke", "--out", str(out)],
-        cwd=ROOT,
+        check=False,
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -106,6 +109,10 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
     # a repeat is allowed only inside the documented at-least-once window (event handed over,
     # checkpoint not yet written when SIGKILL came); anything else is a bug
     assert crash["duplicated"] == crash["duplicated_in_window"], crash
+    failover = doc["failover"]
+    assert set(failover) >= FAILOVER_KEYS
+    assert (failover["lost"], failover["duplicated_outside_window"]) == (0, 0), failover
+    assert failover["handled"] == failover["jobs"] > 0
     hostile = doc["hostile"]
     assert hostile["source_alive_at_end"]
     assert hostile["bad_name_events"] == 0, hostile["files"]

@@ -22,15 +22,15 @@ from typing import Any
 import pytest
 import yaml
 
-from winsim.fleet import Fleet
-from winsim.rulebook import (
+from harness.rulebook import (
     ANSIBLE_RULEBOOK,
     DEPENDENCY_COLLECTIONS,
-    REPO,
     Rulebook,
     checkout_collections,
     sandbox_env,
 )
+from harness.sim_process import SimProcess
+from tests.paths import REPO
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
@@ -273,19 +273,19 @@ def start_local_jobs(
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def sim_hosts(tmp_path: Path) -> Iterator[SimProcess]:
     """Three simulated Windows hosts (https, CA-validated), in a process of their own."""
-    with Fleet(tmp_path / "sim", hosts=3) as running:
+    with SimProcess(tmp_path / "sim", hosts=3) as running:
         yield running
 
 
-def fleet_job_files(fleet: Fleet) -> dict[str, list[str]]:
+def sim_job_files(sim_hosts: SimProcess) -> dict[str, list[str]]:
     """Job files left on each simulated disk (hosts without any left out)."""
-    return {host: files for host in fleet.names if (files := fleet.job_files(host))}
+    return {host: files for host in sim_hosts.names if (files := sim_hosts.job_files(host))}
 
 
 def start_windows_jobs(
-    sandbox: Sandbox, fleet: Fleet, jobs: Sequence[tuple[str, str, int]]
+    sandbox: Sandbox, sim_hosts: SimProcess, jobs: Sequence[tuple[str, str, int]]
 ) -> list[str]:
     """Start ``(host, command, async_s)`` jobs with playbooks/start_job.yml, all at once."""
     procs = []
@@ -304,7 +304,7 @@ def start_windows_jobs(
                 [
                     str(ANSIBLE_PLAYBOOK),
                     "-i",
-                    str(fleet.inventory),
+                    str(sim_hosts.inventory),
                     str(REPO / "playbooks" / "start_job.yml"),
                     "-e",
                     f"@{vars_file}",

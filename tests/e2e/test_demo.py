@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from demo.scenario import JOBS
-from winsim.rulebook import REPO, marked_pids
+from harness.process import marked_pids
+from tests.paths import REPO
 
 pytestmark = pytest.mark.e2e
 

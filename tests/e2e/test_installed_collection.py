@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import BIN, STEP_TIMEOUT_S, Sandbox, fleet_job_files, wait_settled
-from winsim.fleet import Fleet
-from winsim.rulebook import REPO
+from harness.sim_process import SimProcess
+from tests.e2e.conftest import BIN, STEP_TIMEOUT_S, Sandbox, sim_job_files, wait_settled
+from tests.paths import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ def _galaxy(sandbox: Sandbox, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_installed_collection_runs_by_fqcn(sandbox: Sandbox, fleet: Fleet) -> None:
+def test_installed_collection_runs_by_fqcn(sandbox: Sandbox, sim_hosts: SimProcess) -> None:
     dist = sandbox.root / "dist"
     _galaxy(sandbox, "build", "--output-path", str(dist), str(REPO))
     [artifact] = dist.glob("winasync-eda-*.tar.gz")
@@ -40,11 +40,11 @@ def test_installed_collection_runs_by_fqcn(sandbox: Sandbox, fleet: Fleet) -> No
     elsewhere = sandbox.root / "elsewhere"
     elsewhere.mkdir()
 
-    rb = sandbox.rulebook(fleet.inventory, collections=[installed], workdir=elsewhere).start()
-    ok = fleet.job("win01", "finished", 0.5, stdout="ok")
-    failed = fleet.job("win02", "failed", 0.5, rc=4)
+    rb = sandbox.rulebook(sim_hosts.inventory, collections=[installed], workdir=elsewhere).start()
+    ok = sim_hosts.job("win01", "finished", 0.5, stdout="ok")
+    failed = sim_hosts.job("win02", "failed", 0.5, rc=4)
 
-    wait_settled(rb, sandbox, 2, lambda: fleet_job_files(fleet))
+    wait_settled(rb, sandbox, 2, lambda: sim_job_files(sim_hosts))
     rb.stop()
 
     assert (
@@ -55,4 +55,4 @@ def test_installed_collection_runs_by_fqcn(sandbox: Sandbox, fleet: Fleet) -> No
         (failed, "failed", 4, "erased"),
         (ok, "finished", 0, "erased"),
     ]
-    assert fleet_job_files(fleet) == {}
+    assert sim_job_files(sim_hosts) == {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from harness.process import ChildProcess
+from tests.paths import REPO
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 TEST_PLAYBOOKS = HERE / "playbooks"
 BIN = Path(sys.executable).parent
@@ -403,6 +403,40 @@ def test_record_file_from_environment(local: Local) -> None:
     assert not (local.async_dir / jid).exists()
 
 
+@pytest.mark.parametrize("playbook", ["job_finished.yml", "job_failed.yml"])
+def test_without_an_event_no_host_is_targeted_and_the_run_says_why(
+    local: Local, playbook: str
+) -> None:
+    # Every host here, localhost included, would be reached over ssh at an address that
+    # answers nothing (TEST-NET-1): any task that touched one would show it unreachable.
+    local.inventory.write_text(
+        "win01 ansible_connection=ssh ansible_host=192.0.2.1 ansible_timeout=2\n"
+        "localhost ansible_connection=ssh ansible_host=192.0.2.2 ansible_timeout=2\n",
+        encoding="utf-8",
+    )
+    listed = local.run(REPO / "playbooks" / playbook, {"ansible_eda": {}})
+    proc = local.run(
+        REPO / "playbooks" / playbook,
+        {"winasync_record_file": str(local.record), "winasync_followup_tasks": HOOK_MARKER},
+    )
+
+    assert proc.returncode != 0
+    assert "No winasync.eda event: ansible_eda.event.async_job.host is not set" in proc.stdout
+    assert "win01" not in proc.stdout
+    assert "UNREACHABLE" not in proc.stdout
+    recap = proc.stdout.split("PLAY RECAP", 1)[1].split()
+    assert recap[recap.index("localhost") + 1 :][:5] == [
+        ":", "ok=0", "changed=0", "unreachable=0", "failed=1",
+    ]  # fmt: skip
+    assert "Validate the event" not in proc.stdout
+    assert local.records() == []
+    assert not local.marker.exists()
+    # An event without a host: the same stop, before any host is targeted.
+    assert listed.returncode != 0
+    assert "No winasync.eda event" in listed.stdout
+    assert "win01" not in listed.stdout
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -469,15 +503,6 @@ def stub_collections(tmp_path: Path) -> Path:
     return root
 
 
-@dataclass
-class Rulebook:
-    proc: subprocess.Popen[bytes]
-    output: Path
-
-    def text(self) -> str:
-        return self.output.read_text(encoding="utf-8", errors="replace")
-
-
 @pytest.fixture
 def checkout_collections(tmp_path: Path) -> Path:
     """A collections dir where winasync.eda is this checkout itself, real source included."""
@@ -490,13 +515,13 @@ def checkout_collections(tmp_path: Path) -> Path:
     return root
 
 
-StartRulebook = Callable[[list[str], Path, list[dict[str, Any]], dict[str, Any]], "Rulebook"]
+StartRulebook = Callable[[list[str], Path, list[dict[str, Any]], dict[str, Any]], ChildProcess]
 
 
 @pytest.fixture
 def run_rulebook(local: Local, request: pytest.FixtureRequest) -> Iterator[StartRulebook]:
     """Start ansible-rulebook; the collections dir is the fixture the test names first."""
-    started: list[Rulebook] = []
+    started: list[ChildProcess] = []
     names = ("stub_collections", "checkout_collections")
     wanted = [name for name in request.fixturenames if name in names]
     assert wanted, "a rulebook test needs stub_collections or checkout_collections"
@@ -504,7 +529,7 @@ def run_rulebook(local: Local, request: pytest.FixtureRequest) -> Iterator[Start
 
     def start(
         args: list[str], cwd: Path, events: list[dict[str, Any]], variables: dict[str, Any]
-    ) -> Rulebook:
+    ) -> ChildProcess:
         events_file = local.root / "events.json"
         events_file.write_text(json.dumps(events), encoding="utf-8")
         vars_file = local.root / "rulebook-vars.yml"
@@ -528,23 +553,15 @@ def run_rulebook(local: Local, request: pytest.FixtureRequest) -> Iterator[Start
             "--env-vars",
             "WINASYNC_PASSWORD",
         ]
-        with output.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        rulebook = Rulebook(proc, output)
-        started.append(rulebook)
+        output.unlink(missing_ok=True)
+        rulebook = ChildProcess(cmd, log_path=output, env=env, cwd=cwd, name="ansible-rulebook")
+        started.append(rulebook.start())
         return rulebook
 
     yield start
+    # the whole tree: ansible-runner starts each playbook in a session of its own
     for rulebook in started:
-        if rulebook.proc.poll() is None:
-            os.killpg(rulebook.proc.pid, signal.SIGTERM)
-            try:
-                rulebook.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(rulebook.proc.pid, signal.SIGKILL)
-                rulebook.proc.wait(timeout=30)
+        rulebook.stop(grace=30)
 
 
 def _rulebook_events(local: Local, finished: str, failed: str) -> list[dict[str, Any]]:
@@ -562,9 +579,9 @@ def _rulebook_events(local: Local, finished: str, failed: str) -> list[dict[str,
     ]
 
 
-def _wait_for_records(local: Local, rulebook: Rulebook, count: int) -> None:
+def _wait_for_records(local: Local, rulebook: ChildProcess, count: int) -> None:
     def enough() -> bool:
-        if rulebook.proc.poll() is not None:
+        if not rulebook.running:
             pytest.fail(f"ansible-rulebook ended early:\n{rulebook.text()}")
         return len(local.records()) >= count
 
@@ -609,6 +626,21 @@ def test_rulebook_from_installed_collection_runs_the_playbooks(
         "redeliver_after": None,
         "host_events": True,
         "password_given": True,
+        # no drools_db_* variables: the PostgreSQL checkpoint is off
+        "checkpoint_id": None,
+        "checkpoint_db": dict.fromkeys(
+            [
+                "host",
+                "port",
+                "dbname",
+                "user",
+                "password",
+                "sslmode",
+                "sslrootcert",
+                "sslcert",
+                "sslkey",
+            ]
+        ),
     }
     wait_until(
         lambda: "host win-gone is unreachable" in rulebook.text(),

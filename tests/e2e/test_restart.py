@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import STEP_TIMEOUT_S, Sandbox, fleet_job_files, wait_settled
-from winsim.fleet import Fleet
-from winsim.rulebook import REPO
+from harness.sim_process import SimProcess
+from tests.e2e.conftest import STEP_TIMEOUT_S, Sandbox, sim_job_files, wait_settled
+from tests.paths import REPO
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ REDELIVER_AFTER_S = 5
 
 def _crash_and_restart(
     sandbox: Sandbox,
-    fleet: Fleet,
+    sim_hosts: SimProcess,
     *,
     rulebook: str | Path = "winasync.eda.windows_async_jobs",
     variables: dict[str, Any] | None = None,
@@ -46,7 +46,7 @@ def _crash_and_restart(
 
     def start(name: str) -> Any:
         return sandbox.rulebook(
-            fleet.inventory,
+            sim_hosts.inventory,
             settings,
             rulebook=rulebook,
             name=name,
@@ -56,16 +56,16 @@ def _crash_and_restart(
 
     first = start("before-crash")
     jobs = {
-        fleet.job("win01", "finished", 0.5, stdout="done"): "finished",
-        fleet.job("win02", "failed", 0.8, rc=2): "failed",
+        sim_hosts.job("win01", "finished", 0.5, stdout="done"): "finished",
+        sim_hosts.job("win02", "failed", 0.8, rc=2): "failed",
     }
     first.wait_for(
         lambda: (
             all(
                 f"{host}: {jid} {status}" in first.text()
                 for jid, status in jobs.items()
-                for host in fleet.names
-                if jid in fleet.job_files(host)
+                for host in sim_hosts.names
+                if jid in sim_hosts.job_files(host)
             )
             and len(sandbox.hook_runs("start")) == 1
         ),
@@ -76,13 +76,13 @@ def _crash_and_restart(
     first.kill()
 
     # The crash left every job file and no finished follow-up behind.
-    assert sorted(f for files in fleet_job_files(fleet).values() for f in files) == sorted(jobs)
+    assert sorted(f for files in sim_job_files(sim_hosts).values() for f in files) == sorted(jobs)
     assert sandbox.records() == []
     assert sandbox.hook_runs("end") == []
 
     sandbox.gate.touch()
     second = start("after-restart")
-    wait_settled(second, sandbox, len(jobs), lambda: fleet_job_files(fleet))
+    wait_settled(second, sandbox, len(jobs), lambda: sim_job_files(sim_hosts))
     second.stop()
     return jobs, str(held["jid"])
 
@@ -101,9 +101,9 @@ def _assert_each_followed_up_once(sandbox: Sandbox, jobs: dict[str, str], held: 
 
 
 def test_sigkill_then_restart_with_state_file_and_redeliver_after(
-    sandbox: Sandbox, fleet: Fleet
+    sandbox: Sandbox, sim_hosts: SimProcess
 ) -> None:
-    jobs, held = _crash_and_restart(sandbox, fleet)
+    jobs, held = _crash_and_restart(sandbox, sim_hosts)
 
     _assert_each_followed_up_once(sandbox, jobs, held)
     # The state file kept the restart from emitting them as new outcomes: each came back by
@@ -111,7 +111,9 @@ def test_sigkill_then_restart_with_state_file_and_redeliver_after(
     assert all(r["redelivered"] is True for r in sandbox.records())
 
 
-def test_sigkill_then_restart_with_feedback_and_persistence(sandbox: Sandbox, fleet: Fleet) -> None:
+def test_sigkill_then_restart_with_feedback_and_persistence(
+    sandbox: Sandbox, sim_hosts: SimProcess
+) -> None:
     # `feedback` cannot come from a rulebook variable: the shipped rulebook, with it set.
     shipped = yaml.safe_load((REPO / "rulebooks" / "windows_async_jobs.yml").read_text())
     shipped[0]["sources"][0]["winasync.eda.async_jobs"]["feedback"] = True
@@ -120,7 +122,7 @@ def test_sigkill_then_restart_with_feedback_and_persistence(sandbox: Sandbox, fl
 
     jobs, held = _crash_and_restart(
         sandbox,
-        fleet,
+        sim_hosts,
         rulebook=rulebook,
         variables={"drools_db_file_path": str(sandbox.root / "h2" / "winasync")},
         persistence_id="winasync-e2e",

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.sim_process import SimProcess
 from tests.e2e.conftest import (
     Sandbox,
-    fleet_job_files,
+    sim_job_files,
     start_windows_jobs,
     wait_settled,
 )
 from tests.secret_scan import assert_not_shown
-from winsim.fleet import Fleet
 from winsim.kdc import available as kdc_available
 
 pytestmark = pytest.mark.e2e
@@ -27,27 +27,26 @@ pytestmark = pytest.mark.e2e
     params=[("basic", True), ("negotiate", False), ("kerberos", False)],
     ids=["basic-https", "negotiate-http-encrypted", "kerberos-http-encrypted"],
 )
-def windows(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+def sim_hosts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimProcess]:
     auth, https = request.param
     if auth == "kerberos" and (missing := kdc_available()):
         pytest.skip(f"Kerberos needs the KDC: {missing}")
-    with Fleet(tmp_path / "sim", hosts=3, https=https, auth=auth) as running:
+    with SimProcess(tmp_path / "sim", hosts=3, https=https, auth=auth) as running:
         yield running
 
 
 def test_windows_jobs_are_followed_up_remediated_and_cleaned(
-    sandbox: Sandbox, windows: Fleet
+    sandbox: Sandbox, sim_hosts: SimProcess
 ) -> None:
-    fleet = windows
     # Kerberos: where the KDC is, for ansible-rulebook, the source and the playbooks
-    sandbox.env.update(fleet.client_env)
+    sandbox.env.update(sim_hosts.client_env)
     rb = sandbox.rulebook(
-        fleet.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
+        sim_hosts.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
     ).start()
 
     ok, failed, timed_out, orphan = start_windows_jobs(
         sandbox,
-        fleet,
+        sim_hosts,
         [
             ("win01", "Start-Sleep -Seconds 1; Write-Output 'backup done'", 60),
             ("win02", "Start-Sleep -Seconds 1; Write-Output 'disk full'; exit 3", 60),
@@ -56,10 +55,10 @@ def test_windows_jobs_are_followed_up_remediated_and_cleaned(
         ],
     )
     # the orphan's watchdog dies with the host: its file says "running" for good
-    assert orphan in fleet.job_files("win03")
-    fleet.reboot("win03")
+    assert orphan in sim_hosts.job_files("win03")
+    sim_hosts.reboot("win03")
 
-    wait_settled(rb, sandbox, 4, lambda: fleet_job_files(fleet))
+    wait_settled(rb, sandbox, 4, lambda: sim_job_files(sim_hosts))
     rb.stop()
 
     records = sandbox.records()
@@ -85,11 +84,11 @@ def test_windows_jobs_are_followed_up_remediated_and_cleaned(
         [failed, timed_out, orphan], "pong"
     )
     assert by_jid[failed]["rc"] == 3
-    assert fleet_job_files(fleet) == {}
+    assert sim_job_files(sim_hosts) == {}
     for jid, (host, status, _, _) in expected.items():
         assert f"{host}: {jid} {status}" in rb.text()
     assert "ansible_password" not in rb.text()
     assert_not_shown(
-        [rb.text(), fleet.log_path.read_text(encoding="utf-8")],
-        {f"{host}'s password": fleet.credentials(host)["password"] for host in fleet.names},
+        [rb.text(), sim_hosts.log_path.read_text(encoding="utf-8")],
+        {f"{host}'s password": sim_hosts.credentials(host)["password"] for host in sim_hosts.names},
     )

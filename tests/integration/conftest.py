@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -25,7 +26,7 @@ def ansible_env(home: Path, async_dir: Path) -> dict[str, str]:
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
-    env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(ROOT / ".work" / "collections"))
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / ".work" / "collections"))
     return env
 
 
@@ -39,7 +40,7 @@ def start_local_jobs(tmp: Path) -> tuple[Path, dict[str, str]]:
             str(VENV_BIN / "ansible-playbook"),
             "-i",
             "localhost,",
-            str(ROOT / "tests" / "integration" / "playbooks" / "start_local_jobs.yml"),
+            str(REPO / "tests" / "integration" / "playbooks" / "start_local_jobs.yml"),
             "-e",
             f"jids_file={jids_file}",
         ],

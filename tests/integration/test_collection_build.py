@@ -8,32 +8,13 @@ import sys
 import tarfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.collection import build_artifact, install_artifact
+
 BIN = Path(sys.executable).parent
 
 
 def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "HOME": str(tmp_path),
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
-    subprocess.run(
-        [
-            str(BIN / "ansible-galaxy"),
-            "collection",
-            "build",
-            "--output-path",
-            str(tmp_path),
-            str(ROOT),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
-    artifact = tmp_path / "winasync-eda-1.0.0.tar.gz"
+    artifact = build_artifact(tmp_path / "dist")
     with tarfile.open(artifact) as tar:
         names = tar.getnames()
     assert "extensions/eda/plugins/event_source/async_jobs.py" in names
@@ -45,25 +26,20 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
     ]
     assert "rulebooks/windows_async_jobs.yml" in names
     assert "playbooks/job_failed.yml" in names
-    for bad in ("tests/", "winsim/", ".venv", "__pycache__", ".work/", "Makefile", ".ci/"):
+    for bad in (
+        "tests/",
+        "winsim/",
+        "harness/",
+        ".venv",
+        "__pycache__",
+        ".work/",
+        "Makefile",
+        ".ci/",
+    ):
         assert not [n for n in names if bad in n], f"{bad} is in the artifact"
 
     collections = tmp_path / "collections"
-    subprocess.run(
-        [
-            str(BIN / "ansible-galaxy"),
-            "collection",
-            "install",
-            "--no-deps",
-            "-p",
-            str(collections),
-            str(artifact),
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-        timeout=120,
-    )
+    installed = install_artifact(artifact, collections)
     # A fresh interpreter, as ansible-rulebook would: find the source by FQCN, run_path it.
     probe = (
         "import runpy, asyncio\n"
@@ -80,9 +56,15 @@ def test_build_install_and_load_by_fqcn(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**env, "ANSIBLE_COLLECTIONS_PATH": str(collections), "PYTHONPATH": ""},
+        env={
+            **os.environ,
+            "HOME": str(tmp_path),
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "ANSIBLE_COLLECTIONS_PATH": str(collections),
+            "PYTHONPATH": "",
+        },
         timeout=120,
     ).stdout.splitlines()
-    installed = collections / "ansible_collections" / "winasync" / "eda"
     assert out[0].startswith(str(installed))
     assert out[1].startswith(str(installed))

@@ -15,10 +15,8 @@ from typing import Any
 
 from winasync_eda.source import run
 
+from tests.paths import PLUGIN
 from tests.waiting import async_wait_until, wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = ROOT / "extensions" / "eda" / "plugins" / "event_source" / "async_jobs.py"
 
 
 async def collect(args: dict[str, Any], count: int, timeout: float = 60) -> list[dict[str, Any]]:
@@ -97,12 +95,3 @@ def test_running_the_plugin_file_prints_events(local_jobs: tuple[Path, dict[str,
         proc.wait(timeout=20)
     text = out.read_text()
     assert '"status": "timed_out"' in text and '"status": "failed"' in text
-
-
-def test_documentation_lists_exactly_the_accepted_arguments() -> None:
-    import yaml
-    from winasync_eda import config
-
-    documented = set(yaml.safe_load(runpy.run_path(str(PLUGIN))["DOCUMENTATION"])["options"])
-    accepted = set(config._SOURCE_KEYS) | set(config._HOST_DEFAULTS)
-    assert documented == accepted

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.paths import REPO
 from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.api import Command, PipelineRequest, PipelineResult
@@ -27,7 +28,6 @@ from winsim.scripts.dispatch import execute
 
 pytestmark = pytest.mark.sim
 
-REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = Path(os.environ.get("ANSIBLE_COLLECTIONS_PATH", REPO / ".work" / "collections"))
 ASYNC_DIR = r"C:\Users\ansible\.ansible_async"
 

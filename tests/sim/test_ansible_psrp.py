@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.sim_process import SimProcess
+from tests.paths import REPO
 from tests.secret_scan import assert_not_shown, pem_body
-from winsim.fleet import Fleet
 from winsim.kdc import available as kdc_available
 
 pytestmark = pytest.mark.sim
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -39,13 +39,13 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: b
     if auth == "kerberos" and (missing := kdc_available()):
         pytest.skip(f"Kerberos needs the KDC: {missing}")
     out = tmp_path / "out.json"
-    with Fleet(tmp_path / "fleet", 1, https=https, auth=auth) as fleet:
+    with SimProcess(tmp_path / "sim_hosts", 1, https=https, auth=auth) as sim_hosts:
         env = {
             **os.environ,
-            **fleet.client_env,
+            **sim_hosts.client_env,
             "HOME": str(tmp_path),
             "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
-            "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".work" / "collections"),
+            "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".work" / "collections"),
             "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
             "ANSIBLE_NOCOLOR": "1",
         }
@@ -53,8 +53,8 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: b
             [
                 str(Path(sys.executable).parent / "ansible-playbook"),
                 "-i",
-                str(fleet.inventory),
-                str(ROOT / "tests" / "sim" / "playbooks" / "psrp_roundtrip.yml"),
+                str(sim_hosts.inventory),
+                str(REPO / "tests" / "sim" / "playbooks" / "psrp_roundtrip.yml"),
                 "-e",
                 f"out_file={out}",
             ],
@@ -62,15 +62,16 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: b
             capture_output=True,
             text=True,
             timeout=300,
+            check=False,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         result = json.loads(out.read_text())
         assert result["finished"] is True
         assert result["rc"] == 3
         assert "hello" in result["stdout"]
-        assert fleet.job_files("win01") == []
-        creds = fleet.credentials("win01")
-        inventory = fleet.inventory.read_text(encoding="utf-8")
+        assert sim_hosts.job_files("win01") == []
+        creds = sim_hosts.credentials("win01")
+        inventory = sim_hosts.inventory.read_text(encoding="utf-8")
         secrets: dict[str, str | bytes] = {"the password": creds["password"]}
         if auth == "certificate":
             key_file = Path(
@@ -79,7 +80,7 @@ def test_ping_async_shell_status_and_cleanup(tmp_path: Path, auth: str, https: b
                 ]
             )
             secrets["the client certificate's key"] = pem_body(key_file.read_bytes())
-        shown = [proc.stdout, proc.stderr, fleet.log_path.read_text(encoding="utf-8")]
+        shown = [proc.stdout, proc.stderr, sim_hosts.log_path.read_text(encoding="utf-8")]
     assert f'"ansible_psrp_auth": "{auth}"' in inventory
     # message encryption is never turned off, except for Basic over HTTP
     assert "message_encryption" not in inventory

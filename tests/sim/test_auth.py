@@ -19,13 +19,13 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 from spnego.channel_bindings import GssChannelBindings
 
+from harness.sim_thread import SimServerThread
 from tests.waiting import wait_until
 from winsim.api import PipelineRequest, PipelineResult
 from winsim.auth.accounts import Accounts
 from winsim.auth.bindings import end_point_data
 from winsim.faults import FaultKind
 from winsim.server import HostEndpoint
-from winsim.testing import SimServerThread
 
 pytestmark = pytest.mark.sim
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.paths import REPO
 from tests.sim.conftest import FakeClock
 from tests.waiting import async_wait_until
 from winsim import jobfiles
@@ -21,8 +22,6 @@ from winsim.host import SimHost, expand_environment_variables
 from winsim.jobs import JOB_NAME_RE, WriteControl
 
 pytestmark = pytest.mark.sim
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -383,7 +382,13 @@ def test_command_line_serve_job_reboot(tmp_path: Path) -> None:
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [*cli, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=60
+                [*cli, *args],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=REPO,
+                timeout=60,
+                check=False,
             )
 
         started = run("job", "--state", str(state), "--host", "win01", "--outcome", "failed")

@@ -22,6 +22,7 @@ from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
 from winasync_eda.source import run
 
+from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown
 from tests.waiting import async_wait_until
 from winsim import kdc as kdc_module
@@ -29,7 +30,6 @@ from winsim.host import SimHost
 from winsim.kdc import Kdc
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
-from winsim.testing import SimServerThread
 
 pytestmark = pytest.mark.sim
 # the kerberos dependency group (make setup); without it the KDC tests cannot run

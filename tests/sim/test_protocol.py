@@ -25,11 +25,12 @@ from pypsrp.host import PSHost, PSHostUserInterface
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 
+from harness.sim_thread import SimServerThread, client_for
+from tests.waiting import wait_until
 from winsim.api import PipelineRequest, PipelineResult
 from winsim.counters import ActionCounts
 from winsim.faults import FaultKind, FaultPlan
 from winsim.server import HostEndpoint, SimServer
-from winsim.testing import SimServerThread, client_for, wait_until
 from winsim.tls import CertificateAuthority
 from winsim.wsman import ERROR_SHELL_NOT_FOUND
 
@@ -227,7 +228,7 @@ def test_receive_long_polls_until_the_pipeline_ends(
         ps = PowerShell(pool)
         ps.add_script("x").add_parameter("Hold", True)
         ps.begin_invoke()
-        wait_until(endpoint.host.running.is_set, what="the pipeline to start")
+        wait_until(endpoint.host.running.is_set, 10, "the pipeline to start")
         # nothing to say within the operation timeout: pypsrp swallows the timeout fault
         ps.poll_invoke()
         assert ps.state == PSInvocationState.RUNNING
@@ -304,7 +305,7 @@ def test_stop_a_running_pipeline_keeps_the_pool_usable(
         ps = PowerShell(pool)
         ps.add_script("x").add_parameter("Hold", True)
         ps.begin_invoke()
-        wait_until(endpoint.host.running.is_set, what="the pipeline to start")
+        wait_until(endpoint.host.running.is_set, 10, "the pipeline to start")
         ps.stop()
         assert ps.state == PSInvocationState.STOPPED
         # ansible stops its previous, already completed pipeline the same way
@@ -437,7 +438,7 @@ def test_delayed_reply_is_a_read_timeout(sim: SimServerThread, endpoint: HostEnd
     with pytest.raises(requests.exceptions.ReadTimeout):
         RunspacePool(wsman).open()
     # the client hung up: the server drops the request (counted, never carried out)
-    wait_until(lambda: endpoint.counters.get("Create").requests == 1, what="the hang-up")
+    wait_until(lambda: endpoint.counters.get("Create").requests == 1, 10, "the hang-up")
     assert endpoint.open_shells == 0
     with RunspacePool(_client(sim, endpoint)):
         assert endpoint.open_shells == 1

@@ -15,18 +15,18 @@ from typing import Any
 
 import pytest
 from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
 from winasync_eda.source import run
 from winasync_eda.transports.base import PollRequest
 from winasync_eda.transports.psrp import PsrpTransport
-from winasync_eda.transports.psrp_settings import PsrpSettings
 
+from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown, pem_body
 from tests.waiting import async_wait_until
 from winsim.faults import FaultKind
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
-from winsim.testing import SimServerThread
 
 pytestmark = pytest.mark.sim
 PASSWORD = "Neg0tiate-Secret-never-logged"
@@ -212,7 +212,7 @@ async def test_interval_longer_than_the_idle_close(
     interval = IDLE_CLOSE_S * 2.5
     async with watching(sim, tmp_path, auth="negotiate", https=False, interval=interval) as w:
         jids = []
-        for _ in range(3):
+        for _attempt in range(3):
             jids.append(w.host.start_job("finished", 0.1))
             await async_wait_until(lambda: jids[-1] in w.statuses(), 30, "the outcome")
     assert w.statuses() == {jid: ["finished"] for jid in jids}
@@ -270,9 +270,9 @@ async def test_an_idle_encrypted_session_is_replaced_before_the_poll(
     host = SimHost("idle", tmp_path / "idle")
     host.attach_loop(sim.loop)
     ep = sim.add_host("idle", host, username="ansible", password=PASSWORD, auth="negotiate")
-    settings = PsrpSettings(
+    settings = HostSettings(
         "idle",
-        ep.address,
+        address=ep.address,
         port=ep.port,
         protocol="http",
         username="ansible",
@@ -282,7 +282,7 @@ async def test_an_idle_encrypted_session_is_replaced_before_the_poll(
         read_timeout=4,
         sealed_idle_s=IDLE_CLOSE_S / 2,
     )
-    transport = PsrpTransport(settings)
+    transport = PsrpTransport(settings, 30.0)
     request = PollRequest(async_dir="%USERPROFILE%\\.ansible_async")
     try:
         await transport.poll(request)

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from winasync_eda.source import run
 
+from harness.sim_thread import SimServerThread
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
-from winsim.testing import SimServerThread
 
 pytestmark = pytest.mark.sim
 PASSWORD = "S3cret-Pa55-never-logged"
@@ -115,10 +115,10 @@ async def test_every_outcome_of_each_generation(
 ) -> None:
     async with watching(sim, tmp_path, ["win01"]) as w:
         h = w.hosts["win01"]
-        ok = h.start_job("finished", 0.3, stdout="héllo wörld", generation=generation)  # type: ignore[arg-type]
-        bad = h.start_job("failed", 0.3, rc=3, generation=generation)  # type: ignore[arg-type]
-        slow = h.start_job("timed_out", 0.3, generation=generation)  # type: ignore[arg-type]
-        orphan = h.start_job("orphaned", 0.3, generation=generation)  # type: ignore[arg-type]
+        ok = h.start_job("finished", 0.3, stdout="héllo wörld", generation=generation)
+        bad = h.start_job("failed", 0.3, rc=3, generation=generation)
+        slow = h.start_job("timed_out", 0.3, generation=generation)
+        orphan = h.start_job("orphaned", 0.3, generation=generation)
         await async_wait_until(lambda: len(w.jobs()) == 4, 30, "four outcomes")
     assert w.status_of("win01", ok) == ["finished"]
     assert w.status_of("win01", bad) == ["failed"]

@@ -1,14 +1,25 @@
-"""An in-memory host for the scheduler and delivery tests (one unit: no network, no disk)."""
+"""An in-memory host and a scheduler over it for the scheduler, delivery and checkpoint tests (one
+unit: no network), and the settings of one PSRP host for the settings and transport tests."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from winasync_eda.checkpoint import Checkpoint, CheckpointStore
+from winasync_eda.config import parse_args
+from winasync_eda.delivery import Delivery
+from winasync_eda.model import DEFAULT_EMIT, Status
+from winasync_eda.scheduler import HostSlot, Scheduler, Timing
+from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
+from winasync_eda.tracker import HostTracker
 from winasync_eda.transports.base import (
     AuthenticationFailed,
     FileEntry,
@@ -17,6 +28,38 @@ from winasync_eda.transports.base import (
     Snapshot,
     TransportError,
 )
+
+PASSWORD = "Pa$$w0rd-Zebra/42!"
+HOST = "win01"
+
+
+def settings(**changes: Any) -> HostSettings:
+    """A PSRP host with a username and a password, changed by ``changes``."""
+    values: dict[str, Any] = {
+        "name": HOST,
+        "address": "win01.example.com",
+        "username": "ansible",
+        "password": Secret(PASSWORD),
+        **changes,
+    }
+    return HostSettings(**values)
+
+
+_DEFAULTS = parse_args({"hosts": [{"name": "me", "connection": "local"}]})
+
+
+def source_timing(**changes: Any) -> Timing:
+    """The scheduler's timing at the source's defaults, changed by ``changes``."""
+    values: dict[str, Any] = {
+        "interval": _DEFAULTS.interval,
+        "jitter": _DEFAULTS.jitter,
+        "max_concurrency": _DEFAULTS.max_concurrency,
+        "poll_timeout": _DEFAULTS.poll_timeout,
+        "backoff_max": _DEFAULTS.backoff_max,
+        "auth_backoff": _DEFAULTS.auth_backoff,
+        **changes,
+    }
+    return Timing(**values)
 
 
 def running(jid: str, pid: int = 4242) -> bytes:
@@ -125,3 +168,78 @@ __all__ = [
     "finished",
     "running",
 ]
+
+
+DIR = "%USERPROFILE%\\.ansible_async"
+
+
+class Watching:
+    """A scheduler and a delivery over fake hosts, collecting what they emit (``async with``)."""
+
+    def __init__(
+        self,
+        hosts: list[FakeHost],
+        *,
+        state: Path | None = None,
+        timing: Timing | None = None,
+        emit: frozenset[Status] = DEFAULT_EMIT,
+        redeliver_after: float | None = None,
+        feedback: bool = False,
+        host_events: bool = False,
+        store: CheckpointStore | None = None,
+    ) -> None:
+        self.hosts = hosts
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        self.events: list[dict[str, Any]] = []
+        self.checkpoint = Checkpoint(state, store)
+        self.feedback: asyncio.Queue[Any] | None = asyncio.Queue() if feedback else None
+        self.ack = True
+        self.delivery = Delivery(
+            self.queue,
+            self.checkpoint,
+            emit=emit,
+            max_output_bytes=4096,
+            redeliver_after_s=redeliver_after,
+            feedback_queue=self.feedback,
+        )
+        self.slots = [HostSlot(h.name, DIR, FakeTransport(h), HostTracker(h.name)) for h in hosts]
+        self.scheduler = Scheduler(
+            self.slots,
+            self.delivery,
+            timing or source_timing(interval=0.05, jitter=0.1, backoff_max=0.4),
+            host_events=host_events,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _consume(self) -> None:
+        while True:
+            ev = await self.queue.get()
+            self.events.append(ev)
+            if self.feedback is not None and self.ack:
+                await self.feedback.put(ev)
+
+    async def __aenter__(self) -> Watching:
+        await self.checkpoint.load()
+        await self.delivery.start()
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run()),
+            asyncio.create_task(self._consume()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.delivery.stop()
+        await self.checkpoint.close()
+
+    def jobs(self, status: str | None = None) -> list[tuple[str, str, str]]:
+        out = [
+            (e["async_job"]["host"], e["async_job"]["jid"], e["async_job"]["status"])
+            for e in self.events
+            if "async_job" in e
+        ]
+        return [o for o in out if status is None or o[2] == status]

@@ -4,12 +4,13 @@ name override (inventory and source argument) and when pypsrp seals messages."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from winasync_eda.config import parse_args
 from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
 from winasync_eda.transports.base import AuthenticationFailed
 from winasync_eda.transports.psrp import _classify
-from winasync_eda.transports.psrp_settings import PsrpSettings
 
 
 def test_negotiate_hostname_override_from_the_inventory(tmp_path: Path) -> None:
@@ -37,17 +38,19 @@ def test_negotiate_hostname_override_as_a_source_argument() -> None:
 
 
 def test_wsman_gets_the_override_only_for_negotiate_kinds() -> None:
-    kerberos = PsrpSettings(
+    kerberos = HostSettings(
         "win01",
-        "127.0.0.1",
+        address="127.0.0.1",
         auth="kerberos",
         protocol="http",
+        username="u@WINSIM.TEST",
+        password=Secret("p"),
         negotiate_hostname_override="win01.winsim.test",
     )
     assert kerberos.wsman_kwargs()["negotiate_hostname_override"] == "win01.winsim.test"
-    basic = PsrpSettings(
+    basic = HostSettings(
         "win01",
-        "127.0.0.1",
+        address="127.0.0.1",
         auth="basic",
         username="u",
         password=Secret("p"),
@@ -57,12 +60,13 @@ def test_wsman_gets_the_override_only_for_negotiate_kinds() -> None:
 
 
 def test_which_settings_seal_messages() -> None:
-    assert PsrpSettings("h", "a", protocol="http", auth="negotiate").seals_messages
-    assert not PsrpSettings("h", "a", protocol="https", auth="negotiate").seals_messages
-    assert PsrpSettings("h", "a", protocol="https", auth="ntlm", encryption="always").seals_messages
-    basic = PsrpSettings(
+    login: dict[str, Any] = {"username": "u", "password": Secret("p")}
+    assert HostSettings("h", protocol="http", auth="negotiate", **login).seals_messages
+    assert not HostSettings("h", protocol="https", auth="negotiate", **login).seals_messages
+    ntlm = HostSettings("h", protocol="https", auth="ntlm", encryption="always", **login)
+    assert ntlm.seals_messages
+    basic = HostSettings(
         "h",
-        "a",
         protocol="http",
         auth="basic",
         username="u",

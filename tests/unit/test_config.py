@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from winasync_eda.config import ConfigError, HostConfig, SourceConfig, parse_args
+from winasync_eda.config import ConfigError, SourceConfig, parse_args
 from winasync_eda.model import DEFAULT_EMIT, Status
 from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
 
 SECRET = "Sup3r-Secret-Pa55"
 BASE: dict[str, Any] = {"hosts": ["win01"], "username": "ansible", "password": SECRET}
@@ -33,7 +34,7 @@ def error_of(args: Any) -> str:
     return str(info.value)
 
 
-def only_host(config: SourceConfig) -> HostConfig:
+def only_host(config: SourceConfig) -> HostSettings:
     (host,) = config.hosts
     return host
 
@@ -60,7 +61,7 @@ def test_defaults() -> None:
     assert config.auth_backoff == 900.0
 
     host = only_host(config)
-    assert host == HostConfig(
+    assert host == HostSettings(
         name="win01",
         connection="psrp",
         async_dir="%USERPROFILE%\\.ansible_async",
@@ -205,7 +206,7 @@ def test_source_defaults_apply_and_host_values_win() -> None:
 
 
 def test_port_and_protocol_follow_ansibles_psrp_rule() -> None:
-    def host(**item: Any) -> HostConfig:
+    def host(**item: Any) -> HostSettings:
         return only_host(parse_args(args_with(hosts=[{"name": "h", **item}])))
 
     assert (host().port, host().protocol) == (None, "https")

@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from winasync_eda.config import ConfigError, HostConfig, SourceConfig, parse_args
+from winasync_eda.config import ConfigError, SourceConfig, parse_args
 from winasync_eda.inventory import load_hosts
 from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
+
+from tests.paths import REPO
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "inventories"
 INI = str(DATA / "ini" / "hosts.ini")
 YAML = str(DATA / "yaml" / "inventory.yml")
 PASSWORD = "Inv3ntory-Pa55word!"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +30,7 @@ def _password_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WINASYNC_TEST_PASSWORD", PASSWORD)
 
 
-def by_name(config: SourceConfig) -> dict[str, HostConfig]:
+def by_name(config: SourceConfig) -> dict[str, HostSettings]:
     return {host.name: host for host in config.hosts}
 
 
@@ -511,7 +513,7 @@ def test_load_hosts_reports_where_each_value_came_from() -> None:
 def run_fresh(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """ansible's vault context and collection loader are set once per process."""
     full_env = {**os.environ, **env}
-    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "extensions" / "eda"), str(ROOT)])
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO / "extensions" / "eda"), str(REPO)])
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=full_env,

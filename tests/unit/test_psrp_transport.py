@@ -30,7 +30,6 @@ from pypsrp.exceptions import (
     WSManFaultError,
 )
 from spnego.exceptions import NoCredentialError
-from winasync_eda.secret import Secret
 from winasync_eda.transports import psrp
 from winasync_eda.transports.base import (
     AuthenticationFailed,
@@ -41,12 +40,11 @@ from winasync_eda.transports.base import (
     TransportError,
 )
 from winasync_eda.transports.psrp import PsrpTransport
-from winasync_eda.transports.psrp_settings import PsrpSettings
 
+from tests.unit.fakes import HOST, PASSWORD, settings
 from tests.waiting import async_wait_until
 
-PASSWORD = "Pa$$w0rd-Zebra/42!"
-HOST = "win01"
+DEADLINE_S = 60.0
 POLL_PS1 = Path(psrp.__file__).with_name("poll.ps1")
 
 RAW = b'\xef\xbb\xbf{"started":1,"finished":1,"msg":"d\xe9j\xe0"}\r\n'
@@ -108,7 +106,7 @@ def answer(**changes: Any) -> list[object]:
 class Step:
     """What the fake host does with one pipeline."""
 
-    output: list[object] = field(default_factory=lambda: answer())
+    output: list[object] = field(default_factory=answer)
     fail_at: str | None = None  # "begin" | "poll" | "close"
     exc: Exception | None = None
     had_errors: bool = False
@@ -263,21 +261,10 @@ def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
     return fake
 
 
-def settings(**changes: Any) -> PsrpSettings:
-    values: dict[str, Any] = {
-        "host_name": HOST,
-        "address": "win01.example.com",
-        "username": "ansible",
-        "password": Secret(PASSWORD),
-        **changes,
-    }
-    return PsrpSettings(**values)
-
-
 @pytest.fixture
 async def transport(host: FakeHost) -> AsyncIterator[PsrpTransport]:
     del host  # the fakes must be in place before any pool is built
-    value = PsrpTransport(settings())
+    value = PsrpTransport(settings(), DEADLINE_S)
     yield value
     await value.close()
 
@@ -380,7 +367,7 @@ async def test_a_failed_define_fails_the_poll_and_the_next_poll_starts_over(
 
 
 async def test_a_define_past_the_deadline_is_stopped(host: FakeHost) -> None:
-    transport = PsrpTransport(settings(call_deadline_s=0.3))
+    transport = PsrpTransport(settings(), 0.3)
     host.define_steps.append(Step(output=[], running_forever=True))
     with pytest.raises(TransportError, match=f"^{HOST}: deadline"):
         await transport.poll(REQUEST)
@@ -431,7 +418,9 @@ async def test_empty_request_sends_empty_json(host: FakeHost, transport: PsrpTra
 
 
 async def test_wsman_gets_the_settings_and_the_revealed_password(host: FakeHost) -> None:
-    transport = PsrpTransport(settings(protocol="http", auth="ntlm", operation_timeout=5))
+    transport = PsrpTransport(
+        settings(protocol="http", auth="ntlm", operation_timeout=5), DEADLINE_S
+    )
     await transport.poll(REQUEST)
     kwargs = host.wsmans[0].kwargs
     assert kwargs["server"] == "win01.example.com"
@@ -662,7 +651,7 @@ async def test_cleanup_errors_never_escape(
 
 
 async def test_deadline_expiry_stops_the_pipeline(host: FakeHost) -> None:
-    transport = PsrpTransport(settings(call_deadline_s=0.3))
+    transport = PsrpTransport(settings(), 0.3)
     host.steps.append(Step(running_forever=True))
     with pytest.raises(TransportError, match=f"^{HOST}: deadline"):
         await transport.poll(REQUEST)
@@ -678,7 +667,7 @@ async def test_a_stuck_thread_does_not_hold_the_poll_past_its_deadline(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(psrp, "_GRACE_S", 0.05)
-    transport = PsrpTransport(settings(call_deadline_s=0.2))
+    transport = PsrpTransport(settings(), 0.2)
     release = threading.Event()
     host.steps.append(Step(block=release))
     with pytest.raises(TransportError, match="deadline: no answer"):
@@ -689,7 +678,7 @@ async def test_a_stuck_thread_does_not_hold_the_poll_past_its_deadline(
     assert len(host.pipelines) == 1
     release.set()
     # the thread ends past its deadline: its late answer is dropped, and so is the pool
-    await async_wait_until(lambda: not transport._lock.locked(), 10, "the transport to settle")
+    await async_wait_until(lambda: not transport.busy, 10, "the transport to settle")
     assert host.pools[0].closed == 1
     assert host.pipelines[0].stopped == 0  # it had completed by then: nothing to stop
     snapshot = await transport.poll(REQUEST)
@@ -710,10 +699,10 @@ async def test_a_cancelled_poll_keeps_the_host_locked_until_its_thread_ends(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert transport._lock.locked()
+    assert transport.busy
     assert len(host.pipelines) == 1
     release.set()
-    await async_wait_until(lambda: not transport._lock.locked(), 10, "the transport to settle")
+    await async_wait_until(lambda: not transport.busy, 10, "the transport to settle")
     await transport.poll(REQUEST)
     assert len(host.pipelines) == 2
     assert len(host.pools) == 1  # the pipeline completed in time: the pool is still good
@@ -736,10 +725,10 @@ async def test_close_is_idempotent_and_closes_the_pool(
 
 
 async def test_close_before_any_poll_and_after_an_error(host: FakeHost) -> None:
-    never_used = PsrpTransport(settings())
+    never_used = PsrpTransport(settings(), DEADLINE_S)
     await never_used.close()
     assert host.pools == []
-    failed = PsrpTransport(settings())
+    failed = PsrpTransport(settings(), DEADLINE_S)
     host.open_errors.append(requests.exceptions.ConnectionError("refused"))
     with pytest.raises(TransportError):
         await failed.poll(REQUEST)
@@ -762,10 +751,8 @@ async def test_close_while_a_thread_is_stuck_returns_and_the_thread_closes_the_p
     host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(psrp, "_GRACE_S", 0.05)
-    fast = settings(
-        call_deadline_s=0.2, connection_timeout=0.1, read_timeout=1.2, operation_timeout=1
-    )
-    transport = PsrpTransport(fast)
+    fast = settings(connection_timeout=0.1, read_timeout=1.2, operation_timeout=1)
+    transport = PsrpTransport(fast, 0.2)
     release = threading.Event()
     host.steps.append(Step(block=release))
     with pytest.raises(TransportError, match="deadline"):
@@ -774,70 +761,3 @@ async def test_close_while_a_thread_is_stuck_returns_and_the_thread_closes_the_p
     assert host.pools[0].closed == 0
     release.set()
     await async_wait_until(lambda: host.pools[0].closed == 1, 10, "the transport to settle")
-
-
-# ---- settings ----
-
-
-def test_settings_repr_hides_the_password_and_the_proxy() -> None:
-    value = settings(proxy=f"http://user:{PASSWORD}@proxy:3128")
-    assert PASSWORD not in repr(value)
-    assert PASSWORD not in str(value)
-    assert "proxy:3128" not in repr(value)
-    assert repr(PsrpTransport(value)) == f"PsrpTransport('{HOST}')"
-
-
-def test_settings_defaults_and_ports() -> None:
-    value = settings()
-    assert (value.protocol, value.auth, value.encryption, value.path) == (
-        "https",
-        "negotiate",
-        "auto",
-        "wsman",
-    )
-    assert value.cert_validation is True
-    assert value.effective_port == 5986
-    assert settings(protocol="http").effective_port == 5985
-    assert settings(port=15986).effective_port == 15986
-    assert (
-        settings(cert_validation="/etc/ca.pem").wsman_kwargs()["cert_validation"] == "/etc/ca.pem"
-    )
-
-
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"protocol": "ftp"},
-        {"auth": "digest"},
-        {"encryption": "never"},  # https
-        {"encryption": "never", "protocol": "http"},  # negotiate
-        {"protocol": "http", "auth": "basic"},  # basic over http needs encryption never
-        {"auth": "certificate"},  # no certificate files
-        {"auth": "basic", "password": None},
-        {"read_timeout": 20, "operation_timeout": 20},
-        {"call_deadline_s": 0},
-        {"port": 70000},
-        {"address": ""},
-    ],
-)
-def test_bad_settings_are_refused_at_construction(changes: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match=HOST) as info:
-        settings(**changes)
-    assert PASSWORD not in str(info.value)
-
-
-def test_never_encrypting_is_allowed_for_basic_over_http_only() -> None:
-    value = settings(protocol="http", auth="basic", encryption="never")
-    assert value.wsman_kwargs()["encryption"] == "never"
-    cert = settings(auth="certificate", certificate_pem="/c.pem", certificate_key_pem="/k.pem")
-    assert cert.wsman_kwargs()["certificate_key_pem"] == "/k.pem"
-
-
-def test_scrub_masks_secrets_and_url_credentials_and_bounds_the_text() -> None:
-    text = f"see https://bob:hunter2@proxy:8080/x and {PASSWORD}\n\n" + "y" * 1000
-    scrubbed = psrp.scrub(text, [PASSWORD])
-    assert PASSWORD not in scrubbed
-    assert "hunter2" not in scrubbed
-    assert "https://***@proxy:8080/x" in scrubbed
-    assert "\n" not in scrubbed
-    assert len(scrubbed) <= 303

@@ -78,7 +78,7 @@ class Accounts:
         """
         if "@" in principal:
             return self.principals.get(principal.lower())
-        domain, _, user = principal.rpartition("\\")
+        domain, _sep, user = principal.rpartition("\\")
         if domain and domain.upper() not in (machine.upper(), "."):
             return None
         return user.lower() if user.lower() in self._passwords else None

@@ -79,7 +79,7 @@ def authorization_scheme(header: str | None) -> tuple[str, str]:
     """(scheme in lower case, the rest) of an Authorization header."""
     if not header:
         return "", ""
-    scheme, _, rest = header.strip().partition(" ")
+    scheme, _sep, rest = header.strip().partition(" ")
     return scheme.lower(), rest.strip()
 
 
@@ -102,7 +102,7 @@ class BasicGate:
         if scheme != "basic":
             return refuse(self, "no credentials")
         try:
-            user, _, password = base64.b64decode(rest, validate=True).decode().partition(":")
+            user, _sep, password = base64.b64decode(rest, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return refuse(self, "credentials")
         if not self.accounts.check_password(user, password):

@@ -136,7 +136,7 @@ class NegotiateGate:
         target = _kerberos_target(context)
         if target is None:
             return False
-        service, _, rest = target.partition("/")
+        service, _sep, rest = target.partition("/")
         name = rest.split("@")[0].lower()
         return service.lower() in ("http", "host") and name == self.service_host.lower()
 
@@ -148,7 +148,7 @@ def _kerberos_target(context: Any) -> str | None:
     """The service principal a Kerberos ticket was issued for, from the gssapi context under
     pyspnego's proxies (pyspnego has no public accessor for it)."""
     inner = context
-    for _ in range(3):
+    for _attempt in range(3):
         target = getattr(inner, "target_name", None)
         if target is not None and not callable(target):
             return str(target)

@@ -1,6 +1,8 @@
 """What was delivered, kept on disk so that a restart emits neither less nor more.
 
-The file is small JSON, rewritten whole with write-to-temp + fsync + rename, so a crash leaves
+Two places to keep it: a file (``state_file``, this module) or a PostgreSQL table
+(``checkpoint_db``, a :class:`CheckpointStore` from ``checkpoint_pg.py``), which gets only the
+changes since its last save. The file is small JSON, rewritten whole with write-to-temp + fsync + rename, so a crash leaves
 either the old or the new version, never a torn one. An entry is dropped once its job file is
 gone from the host: from then on nothing could emit it again anyway.
 """
@@ -13,8 +15,9 @@ import json
 import logging
 import os
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiofiles
 import aiofiles.os
@@ -30,16 +33,51 @@ class CheckpointError(Exception):
     """The state file exists but cannot be used; starting blind would repeat every event."""
 
 
-class Checkpoint:
-    """Delivered (host, jid, status) triples; in memory only when no path is given."""
+@dataclass
+class Changes:
+    """What changed since the last save: jobs forgotten (deleted first), outcomes recorded."""
 
-    def __init__(self, path: Path | None) -> None:
+    removed: set[tuple[str, str]] = field(default_factory=set)
+    upserts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def merge_newer(self, newer: Changes) -> None:
+        for host, jid in newer.removed:
+            self.remove(host, jid)
+        for key, at in newer.upserts.items():
+            self.upserts[key] = at
+
+    def remove(self, host: str, jid: str) -> None:
+        self.removed.add((host, jid))
+        for key in [k for k in self.upserts if k[:2] == (host, jid)]:
+            del self.upserts[key]
+
+
+class CheckpointStore(Protocol):
+    """A place other than the file: loaded whole once, then saved change by change."""
+
+    async def load(self) -> Delivered: ...
+
+    async def save(self, changes: Changes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Checkpoint:
+    """Delivered (host, jid, status) triples; in memory only when neither a path nor a store
+    is given."""
+
+    def __init__(self, path: Path | None, store: CheckpointStore | None = None) -> None:
         self.path = path
+        self.store = store
         self._delivered: Delivered = {}
         self._dirty = False
+        self._changes = Changes()
         self._write_lock = asyncio.Lock()
 
     async def load(self) -> None:
+        if self.store is not None:
+            self._delivered = await self.store.load()
+            return
         if self.path is None:
             return
         await self._remove_stale_temp_files(self.path)
@@ -81,6 +119,7 @@ class Checkpoint:
 
     def record(self, host: str, jid: str, status: str, at_ms: int) -> None:
         self._delivered.setdefault(host, {}).setdefault(jid, {})[status] = at_ms
+        self._changes.upserts[(host, jid, status)] = at_ms
         self._dirty = True
 
     def prune(self, host: str, present: AbstractSet[str]) -> None:
@@ -90,6 +129,7 @@ class Checkpoint:
             return
         for jid in [j for j in jobs if j not in present]:
             del jobs[jid]
+            self._changes.remove(host, jid)
             self._dirty = True
         if not jobs:
             del self._delivered[host]
@@ -97,14 +137,25 @@ class Checkpoint:
     async def flush(self) -> None:
         """Write the file if anything changed since the last write."""
         async with self._write_lock:
-            if self.path is None or not self._dirty:
+            if (self.path is None and self.store is None) or not self._dirty:
                 return
             self._dirty = False
+            changes, self._changes = self._changes, Changes()
             try:
-                await self._write(self.path)
+                if self.store is not None:
+                    await self.store.save(changes)
+                else:
+                    assert self.path is not None
+                    await self._write(self.path)
             except BaseException:
                 self._dirty = True
+                changes.merge_newer(self._changes)
+                self._changes = changes
                 raise
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
 
     async def _write(self, path: Path) -> None:
         data = json.dumps(

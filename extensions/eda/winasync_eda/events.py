@@ -1,4 +1,5 @@
-"""The events the source puts on the queue, in the contract's shape and within a size bound.
+"""The events the source puts on the queue, in the contract's shape (``docs/contract.md``) and
+within a size bound.
 
 A job file can hold megabytes of output and anything a module chose to return; an event must
 stay small, JSON-serialisable and free of non-str keys, whatever the file held. Nothing here

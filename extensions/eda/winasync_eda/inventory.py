@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from winasync_eda.secret import Secret
+from winasync_eda.secret import Secret, mask
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def _render(
     except Exception as exc:
         detail = _first_line(exc)
         if secret:
-            detail = _scrub(detail, raw)
+            detail = mask(detail, [str(raw)])
         raise InventoryError(
             f"inventory host {host!r}", f"{var}: cannot be templated: {detail}"
         ) from None
@@ -304,11 +304,6 @@ def _plain(value: Any) -> Any:
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
-
-
-def _scrub(text: str, raw: Any) -> str:
-    raw_text = str(raw)
-    return text.replace(raw_text, "********") if raw_text else text
 
 
 def _init_plugin_loader() -> None:

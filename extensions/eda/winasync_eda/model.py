@@ -15,7 +15,7 @@ def is_job_name(name: str) -> bool:
 
 
 class Status(StrEnum):
-    """A job's status as the contract names it."""
+    """A job's status as the contract names it (``docs/contract.md``: add one there first)."""
 
     RUNNING = "running"
     FINISHED = "finished"

@@ -52,12 +52,13 @@ class _Counts:
 
 @dataclass(frozen=True)
 class Timing:
+    # the source arguments of the same names (their defaults are config.py's)
     interval: float
-    jitter: float = 0.1
-    max_concurrency: int = 32
-    poll_timeout: float = 60.0
-    backoff_max: float = 300.0
-    auth_backoff: float = 900.0
+    jitter: float
+    max_concurrency: int
+    poll_timeout: float
+    backoff_max: float
+    auth_backoff: float
     # a job file larger than this is summarised on the host (docs/poll-protocol.md), not sent
     max_bytes: int = 1024 * 1024
 

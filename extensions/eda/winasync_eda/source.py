@@ -13,9 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .checkpoint import Checkpoint
-from .config import HostConfig, SourceConfig, parse_args
+from .checkpoint_pg import PostgresStore
+from .config import SourceConfig, parse_args
 from .delivery import Delivery
 from .scheduler import HostSlot, Scheduler, Timing
+from .settings import HostSettings
 from .tracker import HostTracker
 from .transports.base import Transport
 from .transports.local import LocalTransport
@@ -25,43 +27,25 @@ CLOSE_TIMEOUT_S = 15.0
 
 
 def make_transport(
-    host: HostConfig, cfg: SourceConfig, executor: ThreadPoolExecutor | None = None
+    host: HostSettings, cfg: SourceConfig, executor: ThreadPoolExecutor | None = None
 ) -> Transport:
     """The transport for one host (PSRP unless ``connection: local``)."""
     if host.connection == "local":
         return LocalTransport(host.name)
     from .transports.psrp import PsrpTransport
-    from .transports.psrp_settings import PsrpSettings
 
-    return PsrpTransport(
-        PsrpSettings(
-            host_name=host.name,
-            address=host.address,
-            port=host.port,
-            protocol=host.protocol,
-            username=host.username,
-            password=host.password,
-            auth=host.auth,
-            cert_validation=host.cert_validation,
-            path=host.path,
-            connection_timeout=host.connection_timeout,
-            read_timeout=host.read_timeout,
-            operation_timeout=max(1, int(host.operation_timeout)),
-            call_deadline_s=cfg.poll_timeout,
-            encryption=host.encryption,
-            certificate_pem=host.certificate_pem,
-            certificate_key_pem=host.certificate_key_pem,
-            negotiate_hostname_override=host.negotiate_hostname_override,
-        ),
-        executor,
-    )
+    return PsrpTransport(host, cfg.poll_timeout, executor)
 
 
 async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     """Watch the configured hosts until cancelled."""
     # off the event loop: a large inventory takes seconds to read and template
     cfg = await asyncio.to_thread(parse_args, args)
-    checkpoint = Checkpoint(cfg.state_file)
+    store = None
+    if cfg.checkpoint_db is not None:
+        assert cfg.checkpoint_id is not None  # parse_args sees to it
+        store = PostgresStore(cfg.checkpoint_db, cfg.checkpoint_id)
+    checkpoint = Checkpoint(cfg.state_file, store)
     await checkpoint.load()
     delivery = Delivery(
         queue,
@@ -96,12 +80,13 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         max_bytes=max(1024 * 1024, 4 * cfg.max_output_bytes),
     )
     LOGGER.info(
-        "watching %d hosts every %.1f s (at most %d at once); emitting %s%s",
+        "watching %d hosts every %.1f s (at most %d at once); emitting %s%s%s",
         len(slots),
         cfg.interval,
         cfg.max_concurrency,
         ", ".join(sorted(cfg.emit)),
         f"; checkpoint {cfg.state_file}" if cfg.state_file else "",
+        f"; checkpoint in PostgreSQL table {store.table}" if store else "",
     )
     await delivery.start()
     try:
@@ -125,5 +110,14 @@ async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:
                 LOGGER.warning(
                     "%s: closing the connection failed: %s", slot.name, type(result).__name__
                 )
-    await delivery.stop()
+    try:
+        # a checkpoint database that is away would make the last flush wait for good
+        await asyncio.wait_for(delivery.stop(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        LOGGER.warning(
+            "the checkpoint could not be written within %.0f s: the last outcomes will be "
+            "emitted again at the next start",
+            CLOSE_TIMEOUT_S,
+        )
+    await delivery.checkpoint.close()
     LOGGER.info("stopped: %d connections closed, checkpoint flushed", len(slots))

@@ -98,6 +98,23 @@ options:
   state_file:
     description: Checkpoint file; an outcome already emitted is not emitted again after a restart.
     type: str
+  checkpoint_db:
+    description:
+      - Keep the checkpoint in PostgreSQL instead of C(state_file), so an activation restarted
+        on another node (EDA controller failover) knows what was delivered. A libpq connection
+        string (C(host=... dbname=... user=...) or C(postgresql://...)), or a mapping with any
+        of C(host), C(port), C(dbname), C(user), C(password), C(sslmode), C(sslrootcert),
+        C(sslcert), C(sslkey), C(sslpassword) (template them from the activation's
+        C(drools_db_*) variables). A mapping whose values are all empty means off.
+      - One table per checkpoint id, C(winasync_checkpoint_<id>), created when missing; each
+        write is one transaction. Unreachable at start stops the source with one line; later,
+        writes wait and retry and nothing is lost.
+    type: raw
+  checkpoint_id:
+    description:
+      - Names the C(checkpoint_db) table (1-40 letters, digits, C(_), C(-)). Defaults to
+        ansible-rulebook's C(--persistence-id), which the source reads from the engine it runs in.
+    type: str
   redeliver_after:
     description: Seconds; an outcome emitted but whose job file is still there this long after
       is emitted again (its follow-up, which removes the file, evidently did not run).

@@ -17,13 +17,11 @@ import binascii
 import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Final, TypeVar
-from urllib.parse import quote, urlsplit
 
 import requests
 from pypsrp.complex_objects import PSInvocationState
@@ -38,8 +36,9 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import SelectorSet, WSMan
 
 from ..model import is_job_name
+from ..secret import scrub, secret_forms
+from ..settings import HostSettings
 from .base import AuthenticationFailed, FileEntry, PollRequest, Snapshot, TransportError
-from .psrp_settings import PsrpSettings
 
 LOGGER = logging.getLogger(__name__)
 # pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
@@ -55,10 +54,7 @@ DEFINE_SCRIPT: Final = f"{DEFINE_MARKER}\nfunction global:{POLL_FUNCTION} {{\n{P
 PARAMETER_NAMES: Final = ("AsyncDir", "Known", "Pids", "Only", "MaxBytes")
 # how long past its own deadline a worker thread may take to report before the poll gives up
 _GRACE_S = 5.0
-_MAX_TEXT: Final = 300
 _MAX_ABANDONED: Final = 64
-_MASK: Final = "********"
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s]*@")
 
 _T = TypeVar("_T")
 
@@ -181,8 +177,14 @@ def _proc_value(value: object) -> int | None:
 class PsrpTransport:
     """A host polled over PSRP; implements ``Transport``. Not shared between hosts."""
 
-    def __init__(self, settings: PsrpSettings, executor: Executor | None = None) -> None:
+    def __init__(
+        self, settings: HostSettings, call_deadline_s: float, executor: Executor | None = None
+    ) -> None:
+        if call_deadline_s <= 0:
+            raise ValueError(f"host {settings.name!r}: call_deadline_s must be positive")
         self.settings = settings
+        # the deadline of one poll (the source's poll_timeout)
+        self.call_deadline_s = call_deadline_s
         # the source passes a pool sized for max_concurrency; None: the loop's default one
         self._executor = executor
         self._lock = asyncio.Lock()
@@ -194,18 +196,23 @@ class PsrpTransport:
         # a user only so many (MaxShellsPerUser, 30 by default) until they idle out after 2 h,
         # so they are deleted once the host answers again
         self._abandoned: dict[str, str] = {}
-        self._secrets = _secret_forms(settings)
+        self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
         # when the host last answered a poll (an encrypted session idle too long is rebuilt)
         self._last_answer = time.monotonic()
 
     def __repr__(self) -> str:
-        return f"PsrpTransport({self.settings.host_name!r})"
+        return f"PsrpTransport({self.settings.name!r})"
+
+    @property
+    def busy(self) -> bool:
+        """True while a worker thread works for this host (a stuck call keeps it busy)."""
+        return self._lock.locked()
 
     async def poll(self, request: PollRequest) -> Snapshot:
         if self._closed:
-            raise TransportError(f"{self.settings.host_name}: the PSRP transport is closed")
+            raise TransportError(f"{self.settings.name}: the PSRP transport is closed")
         parameters = build_parameters(request)
-        deadline = time.monotonic() + self.settings.call_deadline_s
+        deadline = time.monotonic() + self.call_deadline_s
         return await self._in_thread(
             deadline, functools.partial(self._poll_blocking, parameters, deadline)
         )
@@ -215,19 +222,19 @@ class PsrpTransport:
         if self._closed:
             return
         self._closed = True
-        LOGGER.debug("%s: closing the PSRP runspace pool", self.settings.host_name)
+        LOGGER.debug("%s: closing the PSRP runspace pool", self.settings.name)
         # a Delete may wait for a connect and a read timeout
         budget = self.settings.connection_timeout + self.settings.read_timeout
-        deadline = time.monotonic() + max(budget, self.settings.call_deadline_s)
+        deadline = time.monotonic() + max(budget, self.call_deadline_s)
         try:
             await self._in_thread(deadline, self._discard_pool)
         except TransportError as exc:
             # a poll thread still holds the pool: it closes the pool when it ends (see _closed)
-            LOGGER.debug("%s: close did not finish: %s", self.settings.host_name, exc)
+            LOGGER.debug("%s: close did not finish: %s", self.settings.name, exc)
 
     async def _in_thread(self, deadline: float, work: Callable[[], _T]) -> _T:
         """Run ``work`` in a thread by the deadline; the lock is released when the thread ends."""
-        host = self.settings.host_name
+        host = self.settings.name
         try:
             await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -289,7 +296,7 @@ class PsrpTransport:
             # that would fail (the old shell is deleted once the new session answers)
             LOGGER.debug(
                 "%s: the encrypted session was idle %.0f s; opening a new pool",
-                self.settings.host_name,
+                self.settings.name,
                 idle,
             )
             self._forget_pool()
@@ -301,7 +308,7 @@ class PsrpTransport:
                 raise
             LOGGER.debug(
                 "%s: the encrypted session broke (%s); opening a new pool",
-                self.settings.host_name,
+                self.settings.name,
                 type(exc).__name__,
             )
             self._forget_pool()
@@ -357,7 +364,9 @@ class PsrpTransport:
             if remaining <= 0:
                 self._stop(ps)
                 raise _DeadlineError("the pipeline did not finish within the call deadline")
-            ps.poll_invoke(timeout=max(1, min(self.settings.operation_timeout, int(remaining))))
+            ps.poll_invoke(
+                timeout=max(1, min(int(self.settings.operation_timeout), int(remaining)))
+            )
         if ps.state != PSInvocationState.COMPLETED or ps.had_errors or ps.streams.error:
             raise _PipelineFailedError(_first_error(ps))
         if time.monotonic() > deadline:
@@ -379,13 +388,13 @@ class PsrpTransport:
                 continue
             del self._abandoned[shell_id]
             LOGGER.debug(
-                "%s: deleted shell %s left open by a failed pool", self.settings.host_name, shell_id
+                "%s: deleted shell %s left open by a failed pool", self.settings.name, shell_id
             )
 
     def _open_pool(self, deadline: float) -> RunspacePool:
         if self._pool is not None:
             return self._pool
-        LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.host_name)
+        LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.name)
         self._wsman = WSMan(**self.settings.wsman_kwargs())
         # exactly one runspace: the function defined below lives in that runspace, so every
         # pipeline of this pool finds it (with more runspaces a poll could land in another one)
@@ -428,13 +437,13 @@ class PsrpTransport:
 
     def _debug_failure(self, what: str, exc: Exception) -> None:
         # only the type: the text of a cleanup failure adds nothing and could carry a URL
-        LOGGER.debug("%s: %s failed (%s)", self.settings.host_name, what, type(exc).__name__)
+        LOGGER.debug("%s: %s failed (%s)", self.settings.name, what, type(exc).__name__)
 
     def _translate(self, exc: Exception) -> TransportError:
         """A TransportError naming the host and the kind of failure, with a scrubbed text."""
         kind, cls = _classify(exc)
         text = scrub(_exception_text(exc), self._secrets)
-        message = f"{self.settings.host_name}: {kind}" + (f": {text}" if text else "")
+        message = f"{self.settings.name}: {kind}" + (f": {text}" if text else "")
         level = logging.WARNING if kind.startswith("unexpected") else logging.DEBUG
         LOGGER.log(level, "PSRP poll failed: %s", message)
         return cls(message)
@@ -504,31 +513,3 @@ def _first_error(ps: PowerShell) -> str:
         text = type(records[0]).__name__
     more = f" (and {len(records) - 1} more)" if len(records) > 1 else ""
     return text + more
-
-
-def _secret_forms(settings: PsrpSettings) -> tuple[str, ...]:
-    """Every form in which a secret could show up in an exception text."""
-    forms: list[str] = []
-    if settings.password is not None and settings.password.reveal():
-        password = settings.password.reveal()
-        forms += [password, quote(password, safe=""), quote(password)]
-        basic = f"{settings.username or ''}:{password}".encode()
-        forms.append(base64.b64encode(basic).decode("ascii"))
-    if settings.proxy:
-        try:
-            proxy_password = urlsplit(settings.proxy).password
-        except ValueError:
-            proxy_password = None
-        if proxy_password:
-            forms.append(proxy_password)
-    # longest first, so a form that contains another is masked whole
-    return tuple(sorted(set(forms), key=len, reverse=True))
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """Mask secrets and URL credentials, flatten whitespace, bound the length."""
-    for secret in secrets:
-        text = text.replace(secret, _MASK)
-    text = _URL_USERINFO.sub(r"\1***@", text)
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."

@@ -1,6 +1,6 @@
 """Simulated hosts inside the benchmark process: HTTPS with validation, traffic counted per host.
 
-The sim lives here rather than in a process of its own (``winsim.fleet``) because the benchmark
+The sim lives here rather than in a process of its own (``harness.sim_process``) because the benchmark
 needs what only this process can see: every host's HTTP counters, its fault plan, and the
 moment each job wrote its final result.
 """
@@ -14,16 +14,17 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from harness.process import Lifecycle
+from harness.sim_thread import SimServerThread
+from winsim.cli import inventory_vars
 from winsim.host import SimHost
 from winsim.jobfiles import Generation
 from winsim.jobs import Outcome
 from winsim.kdc import Kdc
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
-from winsim.testing import SimServerThread
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def endpoint_traffic(endpoint: HostEndpoint) -> Traffic:
     )
 
 
-class SimFleet:
+class InProcessHosts(Lifecycle):
     """``count`` simulated hosts named ``<prefix>NNNN``, each on its own HTTPS port."""
 
     def __init__(
@@ -142,7 +143,7 @@ class SimFleet:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> SimFleet:
+    def start(self) -> InProcessHosts:
         self.workdir.mkdir(parents=True, exist_ok=True)
         width = max(2, len(str(self.count)))
         names = [f"{self.prefix}{i:0{width}d}" for i in range(1, self.count + 1)]
@@ -202,17 +203,6 @@ class SimFleet:
         finally:
             self._context.close()
 
-    def __enter__(self) -> SimFleet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # -- what a client needs ------------------------------------------------------------------
 
     @property
@@ -245,24 +235,11 @@ class SimFleet:
         return [self.source_host(n) for n in (self.names if names is None else names)]
 
     def inventory(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """An Ansible inventory (psrp, the fleet's auth; HTTPS validated) for ansible-playbook."""
-        hosts: dict[str, Any] = {}
-        for name in self.names if names is None else names:
-            endpoint = self.endpoints[name]
-            hosts[name] = {
-                "ansible_host": endpoint.address,
-                "ansible_port": endpoint.port,
-                "ansible_connection": "psrp",
-                "ansible_user": USERNAME,
-                "ansible_password": self.password,
-                "ansible_psrp_protocol": endpoint.scheme,
-                "ansible_psrp_auth": self.auth,
-            }
-            if self.https:
-                hosts[name]["ansible_psrp_cert_validation"] = "validate"
-                hosts[name]["ansible_psrp_ca_cert"] = str(self.ca_bundle)
-            elif self.auth == "basic":
-                hosts[name]["ansible_psrp_message_encryption"] = "never"
+        """An Ansible inventory (psrp, the hosts' auth; HTTPS validated) for ansible-playbook."""
+        hosts = {
+            name: inventory_vars(self.endpoints[name], self.password, self.ca_bundle)
+            for name in (self.names if names is None else names)
+        }
         return {"all": {"hosts": hosts}}
 
     # -- counters -----------------------------------------------------------------------------

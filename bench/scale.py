@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import BenchError
+from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
-from bench.simfleet import JobPlan, SimFleet
 from bench.source_run import EventFile, Sample, SourceRun
 from bench.tally import percentile, rounded, tally
 from winsim.jobs import Outcome
@@ -27,7 +27,7 @@ OUTCOME_WEIGHTS: dict[Outcome, float] = {"finished": 0.8, "failed": 0.15, "timed
 
 
 @dataclass(frozen=True)
-class FleetConfig:
+class ScaleConfig:
     hosts: int
     interval: float
     window_s: float
@@ -41,7 +41,7 @@ def _sim_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _plans(names: list[str], cfg: FleetConfig, rng: random.Random) -> list[JobPlan]:
+def _plans(names: list[str], cfg: ScaleConfig, rng: random.Random) -> list[JobPlan]:
     outcomes = list(OUTCOME_WEIGHTS)
     weights = list(OUTCOME_WEIGHTS.values())
     latest = max(1.0, cfg.window_s - cfg.interval)
@@ -64,12 +64,12 @@ def _sample_after(source: SourceRun, events: EventFile, t: float) -> Sample:
     return sample
 
 
-def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
+def scale_run(workdir: Path, cfg: ScaleConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed + cfg.hosts)
     progress(f"fleet {cfg.hosts} hosts: starting the sim")
-    with SimFleet(cfg.hosts, workdir / "sim", prefix="fl") as fleet:
+    with InProcessHosts(cfg.hosts, workdir / "sim", prefix="fl") as sims:
         events = EventFile(workdir / "fleet.events.jsonl")
-        args: dict[str, Any] = {"hosts": fleet.source_hosts(), "interval": cfg.interval}
+        args: dict[str, Any] = {"hosts": sims.source_hosts(), "interval": cfg.interval}
         if cfg.max_concurrency is not None:
             args["max_concurrency"] = cfg.max_concurrency
         source = SourceRun(workdir, args, events, "fleet-source").start()
@@ -77,17 +77,17 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
             ramp = max(60.0, cfg.hosts * 0.3)
             progress(f"fleet {cfg.hosts} hosts: waiting for a first poll of every host")
             warm_started = time.monotonic()
-            if not source.wait_for(lambda: fleet.polled_hosts() == cfg.hosts, ramp, step=0.5):
+            if not source.wait_for(lambda: sims.polled_hosts() == cfg.hosts, ramp, step=0.5):
                 raise BenchError(
-                    f"{fleet.polled_hosts()} of {cfg.hosts} hosts polled after {ramp:.0f} s; "
+                    f"{sims.polled_hosts()} of {cfg.hosts} hosts polled after {ramp:.0f} s; "
                     f"see {source.log_path}\n{source.log_tail()}"
                 )
             warm_s = time.monotonic() - warm_started
             t_a = time.time()
             sample_a = _sample_after(source, events, t_a)
-            traffic_a, sim_a = fleet.traffic(), _sim_cpu_s()
-            plans = _plans(fleet.names, cfg, rng)
-            refs = fleet.start_jobs(plans)
+            traffic_a, sim_a = sims.traffic(), _sim_cpu_s()
+            plans = _plans(sims.names, cfg, rng)
+            refs = sims.start_jobs(plans)
             progress(
                 f"fleet {cfg.hosts} hosts: all polled in {warm_s:.1f} s; {len(refs)} jobs "
                 f"ending over {cfg.window_s:.0f} s, interval {cfg.interval:g} s"
@@ -107,17 +107,17 @@ def fleet_run(workdir: Path, cfg: FleetConfig) -> dict[str, Any]:
                     next_report += 15
                     progress(
                         f"  {len(events.arrivals)}/{len(refs)} events, "
-                        f"{(fleet.traffic() - traffic_a).pipelines} polls"
+                        f"{(sims.traffic() - traffic_a).pipelines} polls"
                     )
             # one more interval: a duplicate would show up now
             source.wait_for(lambda: False, cfg.interval * 1.5)
             t_b = time.time()
-            traffic_b, sim_b = fleet.traffic(), _sim_cpu_s()
+            traffic_b, sim_b = sims.traffic(), _sim_cpu_s()
             sample_b = _sample_after(source, events, t_b)
             alive = source.alive
         finally:
             exit_record = source.stop()
-        final_at = {r: fleet.final_write_at(r) for r in refs}
+        final_at = {r: sims.final_write_at(r) for r in refs}
 
     result = tally(refs, final_at, events.arrivals)
     polls = (traffic_b - traffic_a).pipelines

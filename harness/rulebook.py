@@ -1,42 +1,38 @@
-"""Run a real ``ansible-rulebook`` for the end-to-end tests and the demo, and leave nothing behind.
-
-ansible-rulebook starts ``ansible-playbook`` through ansible-runner, which gives each playbook a
-pseudo-terminal and a session of its own: killing ansible-rulebook's process group does not
-reach them. Every process of a run therefore carries a unique marker in its environment, and
-``stop()``/``kill()`` end every live process that carries it (found in ``/proc``), whatever its
-session or parent.
-"""
+"""Run a real ``ansible-rulebook`` for the end-to-end tests and the demo, and leave nothing behind
+(``harness.process`` ends the playbooks ansible-runner starts too)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
+
+from harness import REPO
+from harness.process import (
+    MARKER_VAR,
+    ChildProcess,
+    Lifecycle,
+    ProcessError,
+    command_line,
+    read_log,
+    wait_until,
+)
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ANSIBLE_RULEBOOK = BIN / "ansible-rulebook"
 # ansible.windows, unpacked by `make setup`
 DEPENDENCY_COLLECTIONS = REPO / ".work" / "collections"
-MARKER_VAR = "WINSIM_RULEBOOK_RUN"
 READY_LINE = "Waiting for events"
-TERM_GRACE_S = 15.0
 
 
-class RulebookError(RuntimeError):
+class RulebookError(ProcessError):
     """ansible-rulebook ended early, or a condition did not hold in time."""
 
 
@@ -76,59 +72,13 @@ def sandbox_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str,
     return env
 
 
-def marked_pids(marker: str, var: str = MARKER_VAR) -> list[int]:
-    """Live processes (zombies excluded) whose environment has ``var`` set to ``marker``."""
-    needle = f"{var}={marker}".encode()
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or not ours
-            continue
-        # a zombie's environ reads empty: it is over, nothing to end
-        if needle in environ.split(b"\0") and int(entry.name) != os.getpid():
-            found.append(int(entry.name))
-    return found
-
-
-def command_line(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def signal_marked(marker: str, sig: signal.Signals) -> int:
-    """Send ``sig`` to every live process of a run; return how many got it."""
-    sent = 0
-    for pid in marked_pids(marker):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            sent += 1
-    return sent
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, step: float = 0.1) -> bool:
-    """Poll ``predicate`` until true or ``timeout``; return whether it held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-
-
 @dataclass
-class Rulebook:
+class Rulebook(Lifecycle):
     """One ansible-rulebook process: its command line, environment and log file.
 
     ``rulebook`` is a path or an FQCN (``winasync.eda.windows_async_jobs``); ``variables`` go to
     a ``--vars`` file; ``env`` is the full environment (see ``sandbox_env``), to which the
-    collections path and the run marker are added.
+    collections path is added (and, by ``harness.process``, the run's marker).
     """
 
     rulebook: str | Path
@@ -139,13 +89,13 @@ class Rulebook:
     env_vars: Sequence[str] = ()
     source_dirs: Sequence[Path] = ()
     persistence_id: str | None = None
+    # --id: the worker's name in the engine's persistence (another node, another id)
+    node_id: str | None = None
     collections: Sequence[Path] = ()
     verbosity: int = 1
     log_path: Path | None = None
     name: str = "rulebook"
-    marker: str = field(default_factory=lambda: uuid.uuid4().hex)
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+    process: ChildProcess | None = field(default=None, init=False, repr=False)
 
     @property
     def log(self) -> Path:
@@ -166,6 +116,8 @@ class Rulebook:
             cmd += ["-S", str(directory)]
         if self.persistence_id is not None:
             cmd += ["--persistence-id", self.persistence_id]
+        if self.node_id is not None:
+            cmd += ["--id", self.node_id]
         if self.verbosity > 0:
             cmd.append("-" + "v" * self.verbosity)
         return cmd
@@ -174,42 +126,34 @@ class Rulebook:
         env = dict(self.env)
         paths = [*map(str, self.collections), str(DEPENDENCY_COLLECTIONS)]
         env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(paths)
-        env[MARKER_VAR] = self.marker
         return env
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> Rulebook:
-        if self.proc is not None:
+        if self.process is not None:
             raise RulebookError(f"{self.name} is already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = self.command()
-        self._log = self.log.open("ab")
-        log.info("starting %s: %s", self.name, " ".join(cmd))
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=self.workdir,
+        process = ChildProcess(
+            self.command(),
+            log_path=self.log,
             env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cwd=self.workdir,
+            name=self.name,
         )
+        self.process = process.start()
         return self
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.running
 
     @property
     def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        return None if self.process is None else self.process.returncode
 
     def text(self) -> str:
-        try:
-            return self.log.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.log)
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.text().splitlines()[-lines:])
@@ -251,7 +195,7 @@ class Rulebook:
 
     def leftovers(self) -> list[int]:
         """Live processes of this run (ansible-rulebook, ansible-playbook, their children)."""
-        return marked_pids(self.marker)
+        return [] if self.process is None else self.process.leftovers()
 
     def playbooks_running(self) -> list[int]:
         """The ansible-playbook processes of this run (ansible-runner starts them)."""
@@ -261,49 +205,12 @@ class Rulebook:
             if any(Path(arg).name == "ansible-playbook" for arg in command_line(pid)[:2])
         ]
 
-    def stop(self, grace: float = TERM_GRACE_S) -> int | None:
+    def stop(self, grace: float | None = None) -> int | None:
         """SIGTERM ansible-rulebook, then SIGKILL whatever of the run is still alive."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=grace)
-        return self._finish()
+        if self.process is None:
+            return None
+        return self.process.stop() if grace is None else self.process.stop(grace)
 
     def kill(self) -> int | None:
         """SIGKILL the whole run at once, as a crash of the machine would."""
-        return self._finish()
-
-    def _finish(self) -> int | None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        # Repeat: a process may have forked between the scan and the signal.
-        for _ in range(50):
-            if not signal_marked(self.marker, signal.SIGKILL):
-                break
-            wait_until(lambda: not self.leftovers(), 5.0, step=0.02)
-        code = None
-        if self.proc is not None:
-            try:
-                code = self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL not delivered
-                log.error("%s (pid %d) did not end after SIGKILL", self.name, self.proc.pid)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        left = self.leftovers()
-        if left:  # pragma: no cover - only when SIGKILL is not delivered
-            raise RulebookError(f"{self.name}: processes still alive after SIGKILL: {left}")
-        return code
-
-    def __enter__(self) -> Rulebook:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        return None if self.process is None else self.process.kill()

@@ -12,20 +12,19 @@ import json
 import os
 import shlex
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
+from harness import REPO
+from harness.process import ChildProcess, Lifecycle, wait_until
 from winsim.cli import SOCKET_NAME, meta_dir
 
 READY_TIMEOUT_S = 60.0
 
 
-class FleetError(RuntimeError):
-    """The fleet did not start, or refused a command."""
+class SimProcessError(RuntimeError):
+    """The simulated hosts did not start, or refused a command."""
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -52,11 +51,11 @@ def control(state: Path, method: str, path: str, body: dict[str, Any] | None = N
     finally:
         conn.close()
     if response.status >= 400:
-        raise FleetError(str(data.get("error", data) if isinstance(data, dict) else data))
+        raise SimProcessError(str(data.get("error", data) if isinstance(data, dict) else data))
     return data
 
 
-class Fleet:
+class SimProcess(Lifecycle):
     """Start ``python -m winsim serve`` and steer it; stopped (and waited for) on exit."""
 
     def __init__(
@@ -77,86 +76,55 @@ class Fleet:
         self.generation = generation
         self.prefix = prefix
         self.log_path = log or self.state / "winsim.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._process: ChildProcess | None = None
         self.hosts: list[dict[str, Any]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> Fleet:
+    def start(self) -> SimProcess:
         self.state.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "winsim",
-            "serve",
-            "--hosts",
-            str(self.count),
-            "--state",
-            str(self.state),
-            "--prefix",
-            self.prefix,
-            "--auth",
-            self.auth,
-        ]
+        cmd = [sys.executable, "-m", "winsim", "serve", "--hosts", str(self.count)]
+        cmd += ["--state", str(self.state), "--prefix", self.prefix, "--auth", self.auth]
         if self.https:
             cmd.append("--https")
         if self.generation:
             cmd += ["--generation", self.generation]
-        root = Path(__file__).resolve().parents[1]
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
-        }
-        self._log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=root
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        process = ChildProcess(
+            cmd, log_path=self.log_path, env={**os.environ, "PYTHONPATH": path}, cwd=REPO
         )
+        self._process = process.start()
         sock = meta_dir(self.state) / SOCKET_NAME
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if self._proc.poll() is not None:
-                self.stop()
-                raise FleetError(
-                    f"winsim serve exited with {self._proc.returncode}; see {self.log_path}"
+        try:
+            ready = wait_until(
+                lambda: not process.running or self._listing(sock), READY_TIMEOUT_S, step=0.05
+            )
+            if not process.running:
+                raise SimProcessError(
+                    f"winsim serve exited with {process.returncode}; see {self.log_path}"
                 )
-            if sock.exists():
-                try:
-                    self.hosts = list(control(self.state, "GET", "/hosts"))
-                    break
-                except OSError:  # the socket file exists before it listens: look again
-                    pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise FleetError(
+            if not ready:
+                raise SimProcessError(
                     f"winsim serve not ready after {READY_TIMEOUT_S:.0f} s; see {self.log_path}"
                 )
-            time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
+    def _listing(self, sock: Path) -> bool:
+        if not sock.exists():
+            return False
+        try:
+            self.hosts = list(control(self.state, "GET", "/hosts"))
+        except OSError:  # the socket file exists before it listens: look again
+            return False
+        return True
+
     def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Fleet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        process, self._process = self._process, None
+        if process is not None:
+            process.stop()
 
     # --- what clients need ----------------------------------------------------------------
 
@@ -221,4 +189,4 @@ class Fleet:
         for entry in self.hosts:
             if entry["name"] == host:
                 return entry
-        raise FleetError(f"no host {host!r} in this fleet")
+        raise SimProcessError(f"no host {host!r} in this fleet")

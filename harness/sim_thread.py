@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from pypsrp.wsman import WSMan
 
+from harness.process import Lifecycle
 from winsim.api import Executor
 from winsim.server import HostEndpoint, SimServer
 from winsim.tls import CertificateAuthority
@@ -26,7 +25,7 @@ from winsim.tls import CertificateAuthority
 T = TypeVar("T")
 
 
-class SimServerThread:
+class SimServerThread(Lifecycle):
     """A SimServer with a synchronous face; its methods may be called from any other thread."""
 
     def __init__(
@@ -87,46 +86,13 @@ class SimServerThread:
             self._loop = None
             self._thread = None
 
-    def __enter__(self) -> SimServerThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.call_timeout)
 
-    def add_host(
-        self,
-        name: str,
-        host: Any,
-        *,
-        username: str,
-        password: str,
-        address: str = "127.0.0.1",
-        port: int = 0,
-        https: bool = False,
-        **auth: Any,
-    ) -> HostEndpoint:
-        """``auth``: ``SimServer.add_host``'s ``auth``, ``users`` and ``service_host``."""
-        return self.call(
-            self.server.add_host(
-                name,
-                host,
-                username=username,
-                password=password,
-                address=address,
-                port=port,
-                https=https,
-                **auth,
-            )
-        )
+    def add_host(self, name: str, host: Any, **options: Any) -> HostEndpoint:
+        """``SimServer.add_host`` (``username``, ``password``, ``https``, ...) from this thread."""
+        return self.call(self.server.add_host(name, host, **options))
 
     def remove_host(self, name: str) -> None:
         self.call(self.server.remove_host(name))
@@ -166,14 +132,3 @@ def client_for(
         options["cert_validation"] = False
     options.update(kwargs)
     return WSMan(endpoint.address, **options)
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01, what: str = ""
-) -> None:
-    """Poll ``predicate`` until it is true; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)

@@ -1,0 +1,60 @@
+"""Checkpoint: restarts neither lose nor repeat an outcome; stale and corrupt state files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from winasync_eda.checkpoint import Checkpoint, CheckpointError
+
+from tests.unit.fakes import FakeHost, Watching, finished
+from tests.waiting import async_wait_until
+
+
+async def test_restart_with_state_file_emits_neither_less_nor_more(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    a = FakeHost("win01")
+    a.write("j1.1", finished("j1.1"))
+    async with Watching([a], state=state) as h1:
+        await async_wait_until(lambda: len(h1.jobs()) == 1, 5, "first event")
+    a.write("j2.2", finished("j2.2", failed=True, rc=1))  # finishes while the source is down
+    async with Watching([a], state=state) as h2:
+        await async_wait_until(lambda: len(h2.jobs()) == 1, 5, "the job that ended while down")
+        polls = a.polls
+        await async_wait_until(lambda: a.polls >= polls + 4, 5, "more polls")
+    assert h2.jobs() == [("win01", "j2.2", "failed")]
+    saved = json.loads(state.read_text())
+    assert set(saved["delivered"]["win01"]) == {"j1.1", "j2.2"}
+
+
+async def test_checkpoint_forgets_jobs_whose_file_is_gone(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    a = FakeHost("win01")
+    a.write("j1.1", finished("j1.1"))
+    async with Watching([a], state=state) as h:
+        await async_wait_until(lambda: len(h.jobs()) == 1, 5, "event")
+        a.remove("j1.1")
+        await async_wait_until(
+            lambda: "j1.1" not in json.loads(state.read_text())["delivered"].get("win01", {}),
+            5,
+            "pruned",
+        )
+
+
+async def test_stale_temp_file_of_a_killed_write_is_removed(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    state.write_text('{"version": 1, "delivered": {"win01": {"j1.1": {"finished": 5}}}}')
+    stale = tmp_path / ".s.json.4242.tmp"
+    stale.write_text('{"version": 1, "deliv')
+    checkpoint = Checkpoint(state)
+    await checkpoint.load()
+    assert not stale.exists()
+    assert checkpoint.delivered_at("win01", "j1.1", "finished") == 5
+
+
+async def test_corrupt_state_file_is_one_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    state.write_text("{not json")
+    with pytest.raises(CheckpointError, match="state_file"):
+        await Checkpoint(state).load()
