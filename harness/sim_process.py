@@ -148,7 +148,7 @@ class SimProcess(Lifecycle):
         for line in path.read_text(encoding="utf-8").splitlines():
             words = shlex.split(line)
             if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-                key, _, value = words[1].partition("=")
+                key, _sep, value = words[1].partition("=")
                 env[key] = value
         return env
 

@@ -69,7 +69,7 @@ def host(realm: Kdc, sim: SimServerThread, tmp_path: Path) -> Iterator[HostEndpo
 def kerberos_host(
     realm: Kdc, sim: SimServerThread, tmp_path: Path, https: bool = False
 ) -> Iterator[HostEndpoint]:
-    name = f"krb{next(_names):02d}"
+    name = f"krb{next(_names, 0):02d}"
     sim_host = SimHost(name, tmp_path / name)
     sim_host.attach_loop(sim.loop)
     ep = sim.add_host(

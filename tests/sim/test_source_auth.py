@@ -67,7 +67,7 @@ async def watching(
     map_certificate: str | None = None,
     **args: Any,
 ) -> AsyncIterator[Watched]:
-    name = f"win{next(_names):02d}"
+    name = f"win{next(_names, 0):02d}"
     host = SimHost(name, tmp / name)
     host.attach_loop(sim.loop)
     host_auth = {"ntlm": "negotiate"}.get(auth, auth)

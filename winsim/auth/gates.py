@@ -72,7 +72,6 @@ class Gate(Protocol):
 
     def challenge(self) -> list[tuple[str, str]]:
         """The WWW-Authenticate headers of a 401."""
-        ...
 
 
 def authorization_scheme(header: str | None) -> tuple[str, str]:
