@@ -196,6 +196,13 @@ async def test_the_source_stops_in_bounded_time_while_the_database_is_away(
         )
     )
     await async_wait_until(lambda: queue.qsize() == 1, 15, "the first event")
+    # the event is emitted before its flush ends; pausing before the flush commits would hold
+    # the first outcome in memory, and the source emits nothing new until it is written
+    await async_wait_until(
+        lambda: rows(own_postgres, "winasync_checkpoint_stop") == [("me", "j1.1", "finished")],
+        15,
+        "the first outcome recorded",
+    )
     own_postgres.cluster.pause()
     (async_dir / "j2.2").write_bytes(finished("j2.2"))
     await async_wait_until(lambda: queue.qsize() == 2, 15, "the second event, not yet recorded")
