@@ -34,12 +34,18 @@ async def test_checkpoint_forgets_jobs_whose_file_is_gone(tmp_path: Path) -> Non
     a.write("j1.1", finished("j1.1"))
     async with Watching([a], state=state) as h:
         await async_wait_until(lambda: len(h.jobs()) == 1, 5, "event")
+        # the event leaves before its flush: the state file may not exist yet
+        await async_wait_until(lambda: "j1.1" in _delivered(state), 5, "recorded")
         a.remove("j1.1")
-        await async_wait_until(
-            lambda: "j1.1" not in json.loads(state.read_text())["delivered"].get("win01", {}),
-            5,
-            "pruned",
-        )
+        await async_wait_until(lambda: "j1.1" not in _delivered(state), 5, "pruned")
+
+
+def _delivered(state: Path, host: str = "win01") -> dict[str, object]:
+    """The jobs of one host in the state file; none while it is not written yet."""
+    if not state.exists():
+        return {}
+    delivered: dict[str, object] = json.loads(state.read_text())["delivered"].get(host, {})
+    return delivered
 
 
 async def test_stale_temp_file_of_a_killed_write_is_removed(tmp_path: Path) -> None:
