@@ -592,11 +592,13 @@ def _rulebook_on_two_ended_jobs(
     variables: dict[str, Any],
 ) -> tuple[str, str, ChildProcess]:
     """Two jobs that ended (one finished, one failed with ``failed_rc``), then ansible-rulebook
-    on their events (``_rulebook_events``) until both playbooks wrote their record line."""
+    on their events (``_rulebook_events``) until both playbooks wrote their record line (the
+    record file is added to ``variables``)."""
     finished = local.start_job("echo done")
     failed = local.start_job(f"exit {failed_rc}")
     local.wait_finished(finished)
     local.wait_finished(failed)
+    variables = {"winasync_record_file": str(local.record), **variables}
     rulebook = run_rulebook(args, cwd, _rulebook_events(local, finished, failed), variables)
     _wait_for_records(local, rulebook, 2)
     return finished, failed, rulebook
@@ -605,17 +607,9 @@ def _rulebook_on_two_ended_jobs(
 def test_rulebook_from_installed_collection_runs_the_playbooks(
     local: Local, stub_collections: Path, run_rulebook: StartRulebook
 ) -> None:
+    variables = {"winasync_interval": 0.5, "winasync_inventory": str(local.inventory)}
     finished, failed, rulebook = _rulebook_on_two_ended_jobs(
-        local,
-        run_rulebook,
-        4,
-        ["-r", "winasync.eda.windows_async_jobs"],
-        local.root,
-        {
-            "winasync_record_file": str(local.record),
-            "winasync_interval": 0.5,
-            "winasync_inventory": str(local.inventory),
-        },
+        local, run_rulebook, 4, ["-r", "winasync.eda.windows_async_jobs"], local.root, variables
     )
 
     records = local.records()
@@ -666,19 +660,14 @@ def test_rulebook_from_checkout_with_playbook_paths(
 ) -> None:
     # From a checkout, plain paths work too: run_playbook copies the playbook's directory
     # (playbooks/, with tasks/) for each run.
+    variables = {
+        "winasync_finished_playbook": "playbooks/job_finished.yml",
+        "winasync_failed_playbook": "playbooks/job_failed.yml",
+        "winasync_remediation_tasks": HOOK_MARKER,
+        "winasync_host_events": "false",
+    }
     finished, failed, _rulebook = _rulebook_on_two_ended_jobs(
-        local,
-        run_rulebook,
-        5,
-        ["-r", "rulebooks/windows_async_jobs.yml"],
-        REPO,
-        {
-            "winasync_record_file": str(local.record),
-            "winasync_finished_playbook": "playbooks/job_finished.yml",
-            "winasync_failed_playbook": "playbooks/job_failed.yml",
-            "winasync_remediation_tasks": HOOK_MARKER,
-            "winasync_host_events": "false",
-        },
+        local, run_rulebook, 5, ["-r", "rulebooks/windows_async_jobs.yml"], REPO, variables
     )
 
     records = local.records()
