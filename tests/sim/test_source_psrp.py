@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,10 @@ from winasync_eda.source import run
 from harness.sim_thread import SimServerThread
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
 
 pytestmark = pytest.mark.sim
 PASSWORD = "S3cret-Pa55-never-logged"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 @dataclass

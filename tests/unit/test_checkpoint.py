@@ -12,10 +12,16 @@ from tests.unit.fakes import FakeHost, Watching, finished
 from tests.waiting import async_wait_until
 
 
+def host_with_one_finished_job() -> FakeHost:
+    """A host ``win01`` whose async dir holds the file of one finished job, ``j1.1``."""
+    host = FakeHost("win01")
+    host.write("j1.1", finished("j1.1"))
+    return host
+
+
 async def test_restart_with_state_file_emits_neither_less_nor_more(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    a = FakeHost("win01")
-    a.write("j1.1", finished("j1.1"))
+    a = host_with_one_finished_job()
     async with Watching([a], state=state) as h1:
         await async_wait_until(lambda: len(h1.jobs()) == 1, 5, "first event")
     a.write("j2.2", finished("j2.2", failed=True, rc=1))  # finishes while the source is down
@@ -30,8 +36,7 @@ async def test_restart_with_state_file_emits_neither_less_nor_more(tmp_path: Pat
 
 async def test_checkpoint_forgets_jobs_whose_file_is_gone(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    a = FakeHost("win01")
-    a.write("j1.1", finished("j1.1"))
+    a = host_with_one_finished_job()
     async with Watching([a], state=state) as h:
         await async_wait_until(lambda: len(h.jobs()) == 1, 5, "event")
         # the event leaves before its flush: the state file may not exist yet
