@@ -60,3 +60,25 @@ async def running_source(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         sim.remove_host(ep.name)
+
+
+@contextlib.asynccontextmanager
+async def source_draining_into(
+    args: dict[str, Any], events: list[dict[str, Any]]
+) -> AsyncIterator[None]:
+    """The source runs while the block does, each event appended to ``events`` as it comes."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    task = asyncio.create_task(run(queue, args))
+
+    async def drain() -> None:
+        while True:
+            events.append(await queue.get())
+
+    drainer = asyncio.create_task(drain())
+    try:
+        yield
+    finally:
+        for t in (task, drainer):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t

@@ -5,7 +5,6 @@ nothing lost; a wrong password tried only once per auth_backoff. No secret in an
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +15,12 @@ from typing import Any
 import pytest
 from winasync_eda.secret import Secret
 from winasync_eda.settings import HostSettings
-from winasync_eda.source import run
 from winasync_eda.transports.base import PollRequest
 from winasync_eda.transports.psrp import PsrpTransport
 
 from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown, pem_body
+from tests.sim.source_on_sim import source_draining_into
 from tests.waiting import async_wait_until
 from winsim.faults import FaultKind
 from winsim.host import SimHost
@@ -92,21 +91,10 @@ async def watching(
     }
     if https:
         source_args["cert_validation"] = str(sim.ca_bundle)
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    task = asyncio.create_task(run(queue, source_args))
-
-    async def drain() -> None:
-        while True:
-            watched.events.append(await queue.get())
-
-    drainer = asyncio.create_task(drain())
     try:
-        yield watched
+        async with source_draining_into(source_args, watched.events):
+            yield watched
     finally:
-        for t in (task, drainer):
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
         ep.faults.clear()
         sim.remove_host(name)
         for job in list(host.jobs.values()):

@@ -3,7 +3,6 @@ certificate validation on, every status of the contract, faults and recovery."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import shutil
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from winasync_eda.source import run
 
 from harness.sim_thread import SimServerThread
+from tests.sim.source_on_sim import source_draining_into
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
 from winsim.server import HostEndpoint
@@ -63,7 +62,6 @@ async def watching(
         hosts[base], endpoints[base] = host, ep
         specs.append({"name": base, "address": ep.address, "port": ep.port})
     watched = Watched(sim, hosts, endpoints)
-    queue: asyncio.Queue[Any] = asyncio.Queue()
     source_args = {
         "hosts": specs,
         "username": "ansible",
@@ -78,21 +76,10 @@ async def watching(
         "poll_timeout": 10,
         **args,
     }
-    task = asyncio.create_task(run(queue, source_args))
-
-    async def drain() -> None:
-        while True:
-            watched.events.append(await queue.get())
-
-    drainer = asyncio.create_task(drain())
     try:
-        yield watched
+        async with source_draining_into(source_args, watched.events):
+            yield watched
     finally:
-        task.cancel()
-        drainer.cancel()
-        for t in (task, drainer):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
         for base, ep in endpoints.items():
             ep.faults.clear()
             sim.remove_host(ep.name)
