@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.failover import KILL_MOMENTS, FailoverChain
+from harness.failover import KILL_MOMENTS, STEP_TIMEOUT_S, FailoverChain
 from harness.sim_process import SimProcess
 from tests.conftest import Database
 from tests.paths import REPO
@@ -86,6 +86,14 @@ def test_postgres_away_for_30_s_while_jobs_finish_loses_nothing_and_leaks_no_sec
         chain.start_jobs(3)
         wait_until(lambda: time.monotonic() - down_at >= OUTAGE_S, OUTAGE_S + 5, "the outage")
         own_postgres.cluster.resume()
+        # the engine may still be inside a persistence call when the database comes back, and
+        # end the activation just after: watch node A until its jobs are handled or it ends
+        wait_until(
+            lambda: not node.running
+            or (chain.recorded() >= set(chain.jobs) and not chain.files_left()),
+            STEP_TIMEOUT_S,
+            "node A to handle the jobs or to end",
+        )
         if not node.running:
             assert "PostgreSQL" in node.tail(60), "node A ended for another reason"
             node = chain.start_node()
