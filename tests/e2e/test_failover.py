@@ -89,8 +89,9 @@ def test_postgres_away_for_30_s_while_jobs_finish_loses_nothing_and_leaks_no_sec
         # the engine may still be inside a persistence call when the database comes back, and
         # end the activation just after: watch node A until its jobs are handled or it ends
         wait_until(
-            lambda: not node.running
-            or (chain.recorded() >= set(chain.jobs) and not chain.files_left()),
+            lambda: (
+                not node.running or (chain.recorded() >= set(chain.jobs) and not chain.files_left())
+            ),
             STEP_TIMEOUT_S,
             "node A to handle the jobs or to end",
         )
