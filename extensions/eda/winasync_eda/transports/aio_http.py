@@ -140,7 +140,10 @@ class HttpClient:
             raise HttpFailure("connect timeout", "no connection within the timeout") from None
         except (aiohttp.SocketTimeoutError, TimeoutError):
             raise HttpFailure("read timeout", "no reply within the read timeout") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        except aiohttp.ClientPayloadError as exc:
+            # the reply was cut mid-body: requests (so pypsrp) calls that an HTTP error
+            raise HttpFailure("HTTP error", _text(exc)) from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
             raise HttpFailure("connection error", _text(exc)) from None
         except aiohttp.ClientError as exc:
             raise HttpFailure("HTTP error", _text(exc)) from None
