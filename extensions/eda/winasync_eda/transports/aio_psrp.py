@@ -27,7 +27,6 @@ from xml.etree import ElementTree as ET
 
 from psrpcore import (
     ClientPowerShell,
-    ClientRunspacePool,
     ErrorRecordEvent,
     PipelineOutputEvent,
     PipelineStateEvent,
@@ -50,6 +49,7 @@ from .psrp_failures import (
     first_error,
     transport_error,
 )
+from .psrp_fast import FastRunspacePool, template
 from .wsman_envelope import (
     ERROR_OPERATION_TIMEDOUT,
     MAX_ENVELOPE,
@@ -102,7 +102,7 @@ class _PoolError(Exception):
 class _Pool:
     """One open runspace pool: psrpcore's state machine and the shell that carries it."""
 
-    psrp: ClientRunspacePool
+    psrp: FastRunspacePool
     shell_id: str
     defined: bool = False
 
@@ -200,9 +200,9 @@ class AioPsrpTransport:
     async def _invoke(self, parameters: Mapping[str, str], deadline: float, park: bool) -> Snapshot:
         pool = await self._open_pool(deadline)
         ps = ClientPowerShell(pool.psrp)
-        ps.add_command(self.poll_script or FUNCTION)
-        for name, value in parameters.items():  # in PARAMETER_NAMES order
-            ps.add_parameter(name, value)
+        # the command and its parameters (in PARAMETER_NAMES order), serialized from a template
+        command = template(self.poll_script or FUNCTION, tuple(parameters))
+        pool.psrp.start_prepared(ps, command.render(parameters))
         output = await self._run(pool, ps, deadline, park=park)
         snapshot = parse_answer(output)
         try:
@@ -223,7 +223,7 @@ class AioPsrpTransport:
         self._target()
         envelopes = self._envelopes
         # one runspace: the function defined below lives in it, so every pipeline finds it
-        psrp = ClientRunspacePool(min_runspaces=1, max_runspaces=1)
+        psrp = FastRunspacePool(min_runspaces=1, max_runspaces=1)
         psrp.open()
         payload = psrp.data_to_send()
         assert payload is not None  # open() queued SessionCapability and InitRunspacePool
@@ -258,7 +258,8 @@ class AioPsrpTransport:
 
         ``park``: a waiting poll, whose Receive waits on the host with the configured
         OperationTimeout (above the wait; ``hosts._watch_timeouts``)."""
-        ps.start()
+        if ps.state == PSInvocationState.NotStarted:
+            ps.start()
         command_id = str(ps.pipeline_id).upper()
         first = pool.psrp.data_to_send(_FRAGMENT_BYTES)
         assert first is not None  # start() queued CreatePipeline
