@@ -378,7 +378,8 @@ class AioPsrpTransport:
 
     async def _delete_shell(self, shell_id: str) -> None:
         try:
-            await asyncio.wait_for(self._delete(shell_id), _CLEANUP_TIMEOUT_S)
+            async with self._http.cleanup_slots:
+                await asyncio.wait_for(self._delete(shell_id), _CLEANUP_TIMEOUT_S)
         except _FaultError:
             pass  # already gone (the host forgot it, or rebooted)
         except Exception as exc:
