@@ -128,8 +128,12 @@ class HttpClient:
             self._contexts[key] = context
         return context
 
-    async def post(self, endpoint: Endpoint, body: bytes, read_timeout: float) -> Reply:
-        """POST one envelope; the reply whatever its status, or HttpFailure."""
+    async def post(
+        self, endpoint: Endpoint, body: bytes, read_timeout: float, *, last: bool = False
+    ) -> Reply:
+        """POST one envelope; the reply whatever its status, or HttpFailure. ``last``: the
+        connection is closed after it (a Delete: no request of that shell follows)."""
+        headers = {**endpoint.headers, "Connection": "close"} if last else endpoint.headers
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=endpoint.connect_timeout, sock_read=read_timeout
         )
@@ -137,7 +141,7 @@ class HttpClient:
             async with self._open().post(
                 endpoint.url,
                 data=body,
-                headers=endpoint.headers,
+                headers=headers,
                 ssl=endpoint.ssl,
                 proxy=endpoint.proxy,
                 timeout=timeout,
