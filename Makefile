@@ -34,6 +34,8 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	@tools/find-python 3.12 >/dev/null
+	@# MIT Kerberos (KDC for the tests; headers for gssapi/krb5, which compile: about 3 minutes)
+	@tools/ensure-krb5
 	@test -x $(PY) || { echo "== creating $(VENV) with $$(tools/find-python 3.12)"; "$$(tools/find-python 3.12)" -m venv $(VENV); }
 	$(PIP) install -U 'pip>=25.1'
 	@echo "== installing the dev dependency group into $(VENV)"

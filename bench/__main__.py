@@ -5,7 +5,8 @@
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
 - idle cost: requests, bytes and CPU per idle host per hour, poll (15 s) against watch;
 - fleet (``bench.scale``): latency, CPU, RSS and threads for 10, 100 (and 1,000, 2,000) hosts, poll mode
-  (interval 15 s) and watch mode.
+  (interval 15 s) and watch mode;
+- auth cost: CPU per poll and bytes per idle poll for each way of logging on.
 
 Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``) and a
 plot of the fleet latencies next to it (``latest.png``); its keys are public (``docs/contract.md``).
@@ -14,10 +15,11 @@ plot of the fleet latencies next to it (``latest.png``); its keys are public (``
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench import RESULTS_DIR
+from bench.auth_cost import AuthCostConfig, auth_cost
 from bench.head_to_head import HeadToHeadConfig, head_to_head
 from bench.idle_cost import IdleCostConfig, idle_cost
 from bench.idle_poll import IdleConfig, idle_poll
@@ -50,6 +52,7 @@ class Profile:
     idle: IdleConfig
     idle_cost: IdleCostConfig
     fleet: tuple[ScaleConfig, ...]
+    auth: AuthCostConfig = field(default_factory=AuthCostConfig)
 
 
 def _both_modes(sizes: tuple[tuple[int, float], ...]) -> tuple[ScaleConfig, ...]:
@@ -71,6 +74,7 @@ PROFILES: dict[str, Profile] = {
             ScaleConfig(hosts=5, interval=1.0, window_s=8.0),
             ScaleConfig(hosts=5, interval=1.0, window_s=8.0, mode="watch"),
         ),
+        AuthCostConfig(hosts=2, polls_per_host=3),
     ),
     "quick": Profile(
         HeadToHeadConfig(),
@@ -85,6 +89,7 @@ PROFILES: dict[str, Profile] = {
         IdleConfig(interval=0.5, polls=10),
         IdleCostConfig(hosts=200, span_s=300.0),
         _both_modes(((10, 120.0), (100, 120.0), (1000, 150.0), (2000, 150.0))),
+        AuthCostConfig(hosts=10, polls_per_host=20),
     ),
 }
 
@@ -159,6 +164,18 @@ def print_tables(doc: dict[str, Any]) -> None:
             [[row[k] for k in FLEET_KEYS] for row in doc["fleet"]],
         )
     )
+    print()
+    print(
+        table(
+            "Auth cost: the source's CPU and the bytes of one idle poll, per way of logging on",
+            ["auth", "protocol", "CPU ms/poll", "bytes/idle poll", "requests/poll"],
+            [
+                [r["auth"], r["protocol"], r["cpu_ms_per_poll"], r["bytes_per_idle_poll"],
+                 r["http_requests_per_poll"]]
+                for r in doc["auth_cost"]
+            ],
+        )
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             "fleet": [
                 scale_run(workdir / f"fleet-{cfg.mode}-{cfg.hosts}", cfg) for cfg in profile.fleet
             ],
+            "auth_cost": auth_cost(workdir / "auth", profile.auth),
         }
         print_tables(doc)
         progress(f"wrote {write_json(opts.out, doc)}")

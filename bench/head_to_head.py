@@ -26,7 +26,7 @@ from bench import BenchError
 from bench.baseline import CLASSIC_PLAYBOOK, PlaybookRun, run_playbook
 from bench.inprocess_hosts import InProcessHosts, Traffic
 from bench.report import progress
-from bench.source_run import EventFile, SourceRun
+from bench.source_run import EventFile, SourceRun, mode_args
 from bench.tally import rounded
 
 START_TIMEOUT_S = 60.0
@@ -46,9 +46,7 @@ class HeadToHeadConfig:
     watch_wait: float = 50.0
 
     def source_args(self) -> dict[str, Any]:
-        if self.mode == "watch":
-            return {"mode": "watch", "watch_wait": self.watch_wait}
-        return {"interval": self.interval}
+        return mode_args(self.mode, interval=self.interval, watch_wait=self.watch_wait)
 
     @property
     def source_label(self) -> str:

@@ -18,7 +18,7 @@ from bench import BenchError
 from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
 from bench.scale import sample_after
-from bench.source_run import EventFile, SourceRun
+from bench.source_run import EventFile, SourceRun, mode_args
 
 READY_TIMEOUT_S = 300.0
 SETTLE_S = 5.0
@@ -44,11 +44,7 @@ def _one(workdir: Path, cfg: IdleCostConfig, mode: str) -> dict[str, Any]:
         if not fleet.sim.call(_ended(fleet, refs)):
             raise BenchError("the idle jobs did not end")
         events = EventFile(workdir / f"idle-{mode}.events.jsonl")
-        extra: dict[str, Any] = (
-            {"mode": "watch", "watch_wait": cfg.watch_wait}
-            if mode == "watch"
-            else {"interval": cfg.interval}
-        )
+        extra = mode_args(mode, interval=cfg.interval, watch_wait=cfg.watch_wait)
         source = SourceRun(
             workdir, {"hosts": fleet.source_hosts(), **extra}, events, f"idle-{mode}"
         ).start()

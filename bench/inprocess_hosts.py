@@ -8,6 +8,7 @@ moment each job wrote its final result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from winsim.cli import inventory_vars
 from winsim.host import SimHost
 from winsim.jobfiles import Generation
 from winsim.jobs import Outcome
+from winsim.kdc import Kdc
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
 
@@ -119,8 +121,13 @@ class InProcessHosts(Lifecycle):
         *,
         prefix: str = "win",
         generation: Generation = "2.19-ps51",
+        auth: str = "basic",
+        https: bool = True,
     ) -> None:
+        """``auth``/``https``: how the hosts log the source on (Basic over HTTPS by default)."""
         self.count = count
+        self.auth = auth
+        self.https = https
         self.workdir = workdir
         self.prefix = prefix
         self.generation: Generation = generation
@@ -128,15 +135,26 @@ class InProcessHosts(Lifecycle):
         self.sim = SimServerThread(execute, call_timeout=300.0)
         self.hosts: dict[str, SimHost] = {}
         self.endpoints: dict[str, HostEndpoint] = {}
+        # auth kerberos: a realm for the fleet, a domain account, each host's SPN name
+        self._context = contextlib.ExitStack()
+        self.realm: Kdc | None = None
+        self.principal: str | None = None
+        self.service_hosts: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> InProcessHosts:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.sim.start()
         width = max(2, len(str(self.count)))
         names = [f"{self.prefix}{i:0{width}d}" for i in range(1, self.count + 1)]
         try:
+            if self.auth == "kerberos":
+                # the source runs in a child that inherits this process's environment
+                self.realm = self._context.enter_context(Kdc())
+                self._context.enter_context(self.realm.in_this_process())
+                self.principal = self.realm.add_user(USERNAME, self.password)
+                self.service_hosts = {name: self.realm.add_service(name) for name in names}
+            self.sim.start()
             self.sim.call(self._add_all(names))
         except BaseException:
             self.stop()
@@ -148,8 +166,16 @@ class InProcessHosts(Lifecycle):
             host = SimHost(name, self.workdir / "hosts", generation=self.generation)
             host.attach_loop(asyncio.get_running_loop())
             endpoint = await self.sim.server.add_host(
-                name, host, username=USERNAME, password=self.password, https=True
+                name,
+                host,
+                username=USERNAME,
+                password=self.password,
+                https=self.https,
+                auth=self.auth,
+                service_host=self.service_hosts.get(name),
             )
+            if self.principal:
+                endpoint.accounts.map_principal(self.principal, USERNAME)
             self.hosts[name] = host
             self.endpoints[name] = endpoint
 
@@ -157,13 +183,25 @@ class InProcessHosts(Lifecycle):
         """A second endpoint (own port, own counters) onto the same host and disk, so two
         clients of one host are counted apart."""
         endpoint = self.sim.add_host(
-            name, self.hosts[of], username=USERNAME, password=self.password, https=True
+            name,
+            self.hosts[of],
+            username=USERNAME,
+            password=self.password,
+            https=self.https,
+            auth=self.auth,
         )
         self.endpoints[name] = endpoint
         return endpoint
 
+    def set_password(self, name: str, password: str) -> None:
+        """Change the account's password on one host (a rotation the source has not seen)."""
+        self.endpoints[name].accounts.add_user(USERNAME, password)
+
     def stop(self) -> None:
-        self.sim.stop()
+        try:
+            self.sim.stop()
+        finally:
+            self._context.close()
 
     # -- what a client needs ------------------------------------------------------------------
 
@@ -176,24 +214,28 @@ class InProcessHosts(Lifecycle):
         return self.sim.ca_bundle
 
     def source_host(self, name: str) -> dict[str, Any]:
-        """The source's ``hosts`` item for one host: HTTPS, Basic, validated against our CA."""
+        """The source's ``hosts`` item for one host (HTTPS: validated against our CA)."""
         endpoint = self.endpoints[name]
-        return {
+        item: dict[str, Any] = {
             "name": name,
             "address": endpoint.address,
             "port": endpoint.port,
-            "protocol": "https",
-            "auth": "basic",
-            "username": USERNAME,
+            "protocol": "https" if self.https else "http",
+            "auth": self.auth,
+            "username": self.principal or USERNAME,
             "password": self.password,
-            "cert_validation": str(self.ca_bundle),
         }
+        if name in self.service_hosts:
+            item["negotiate_hostname_override"] = self.service_hosts[name]
+        if self.https:
+            item["cert_validation"] = str(self.ca_bundle)
+        return item
 
     def source_hosts(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
         return [self.source_host(n) for n in (self.names if names is None else names)]
 
     def inventory(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """An Ansible inventory (psrp, Basic over HTTPS, validated) for ansible-playbook."""
+        """An Ansible inventory (psrp, the hosts' auth; HTTPS validated) for ansible-playbook."""
         hosts = {
             name: inventory_vars(self.endpoints[name], self.password, self.ca_bundle)
             for name in (self.names if names is None else names)

@@ -19,7 +19,7 @@ from typing import Any
 from bench import BenchError
 from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
-from bench.source_run import EventFile, Sample, SourceRun
+from bench.source_run import EventFile, Sample, SourceRun, mode_args
 from bench.tally import percentile, rounded, tally
 from winsim.jobs import Outcome
 
@@ -43,9 +43,7 @@ class ScaleConfig:
         return f"{self.mode} {self.hosts} hosts"
 
     def source_args(self) -> dict[str, Any]:
-        if self.mode == "watch":
-            return {"mode": "watch", "watch_wait": self.watch_wait}
-        return {"interval": self.interval}
+        return mode_args(self.mode, interval=self.interval, watch_wait=self.watch_wait)
 
     @property
     def settle_s(self) -> float:

@@ -97,6 +97,14 @@ def print_tables(doc: dict[str, Any]) -> None:
             rows,
         )
     )
+    lockout = doc.get("lockout")
+    if lockout:
+        print(
+            f"wrong password: at most {lockout['logon_failures_per_host']} refused logons per host "
+            f"in {lockout['window_s']:g} s with auth_backoff {lockout['auth_backoff_s']:g} s "
+            f"(bound {lockout['bound_per_host']}); at the default auth_backoff of 900 s that is "
+            f"at most {lockout['per_host_per_hour_at_default']} per host per hour"
+        )
     crashes = [doc["crash"]] + ([doc["crash_feedback"]] if doc.get("crash_feedback") else [])
     print()
     print(
@@ -196,6 +204,23 @@ def print_tables(doc: dict[str, Any]) -> None:
     )
 
 
+def lockout_figures(rows: list[dict[str, Any]], fared: dict[str, Any]) -> dict[str, Any] | None:
+    """Refused logons per host under a wrong password, against the auth_backoff bound."""
+    row = next((r for r in rows if r["fault"] == "wrong_password"), None)
+    if row is None:
+        return None
+    backoff = float(fared["settings"]["auth_backoff"])
+    window = float(fared["fault_s"])
+    return {
+        "logon_failures_per_host": row["logon_failures_per_host"],
+        "window_s": window,
+        "auth_backoff_s": backoff,
+        # the first logon, then one per auth_backoff (plus one in flight when the window ends)
+        "bound_per_host": 2 + int(window // backoff),
+        "per_host_per_hour_at_default": 1 + 3600 // 900,
+    }
+
+
 def failures(doc: dict[str, Any]) -> list[str]:
     found = []
     for key in ("faults", "faults_watch"):
@@ -205,6 +230,12 @@ def failures(doc: dict[str, Any]) -> list[str]:
         fared = doc.get(f"{key}_source")
         if fared is not None and not fared["source_alive_at_end"]:
             found.append(f"the source died during the fault matrix ({key})")
+    lockout = doc.get("lockout")
+    if lockout and lockout["logon_failures_per_host"] > lockout["bound_per_host"]:
+        found.append(
+            f"wrong password: {lockout['logon_failures_per_host']} logons on one host, more than "
+            f"1 per auth_backoff ({lockout['bound_per_host']})"
+        )
     for key in ("crash", "crash_feedback", "crash_watch", "failover"):
         c = doc.get(key)
         if c and (c["lost"] or c["duplicated_outside_window"] or c.get("files_left")):
@@ -253,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": opts.profile,
             "faults": fault_rows,
             "faults_source": fared,
+            "lockout": lockout_figures(fault_rows, fared),
             "crash": crash_soak(workdir / "crash", profile.crash),
         }
         if profile.crash_feedback is not None:

@@ -9,6 +9,7 @@ reported per fault.
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ WATCH_SETTINGS: dict[str, Any] = {
     "read_timeout": 7,
 }
 SLOW_REPLY_S = 8.0  # beyond read_timeout
+WRONG_PASSWORD = "wrong_password"
 FLAP_PERIOD_S = 2.0
 
 # (label, FaultPlan.inject arguments)
@@ -51,6 +53,9 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
     ("broken_pool", {"kind": "pool_broken"}),
     ("shell_lost", {"kind": "shell_lost"}),
     ("flapping", {"kind": "flap", "period": FLAP_PERIOD_S}),
+    # not a FaultPlan kind: the account's password is changed on the host while the fault is
+    # on (the source still has the old one), then changed back; every logon is a 401
+    ("wrong_password", {"kind": WRONG_PASSWORD}),
 ]
 
 
@@ -86,7 +91,9 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
                 raise BenchError(f"not every host was polled; see {source.log_path}")
             for label, spec in FAULTS:
                 for name in groups[label]:
-                    if spec:
+                    if spec.get("kind") == WRONG_PASSWORD:
+                        sims.set_password(name, secrets.token_urlsafe(16))
+                    elif spec:
                         sims.endpoints[name].faults.inject(**spec)
             plans = [
                 JobPlan(name, "finished", round(rng.uniform(1.0, cfg.fault_s - 1.0), 3))
@@ -101,6 +108,7 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
             source.wait_for(lambda: False, cfg.fault_s)
             for name in names:
                 sims.endpoints[name].faults.clear()
+                sims.set_password(name, sims.password)
             t_clear = time.time()
             during = {(a.host, a.jid) for a in events.arrivals if a.t < t_clear}
             progress(f"faults: cleared; {len(during)} events came while they were on")
@@ -113,6 +121,7 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
             source.wait_for(lambda: False, 3 * cfg.interval)  # a late duplicate shows up now
             alive = source.alive
             hits = {name: sims.endpoints[name].faults.hits() for name in names}
+            logon_failures = {name: sims.endpoints[name].counters.auth_failures for name in names}
         finally:
             exit_record = source.stop()
         open_shells = {n: sims.endpoints[n].open_shells for n in names}
@@ -139,6 +148,8 @@ def fault_matrix(workdir: Path, cfg: FaultConfig) -> tuple[list[dict[str, Any]],
                 "recovery_after_clear_s": rounded(max(after_clear)) if after_clear else None,
                 "during_fault": sum(1 for r in mine if (r.host, r.jid) in during),
                 "fault_hits": sum(hits[h] for h in hosts),
+                # refused logons (what an account lockout policy counts), worst host
+                "logon_failures_per_host": max(logon_failures[h] for h in hosts),
                 "shells_left_open": sum(open_shells[h] for h in hosts),
             }
         )

@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 EXIT_TIMEOUT_S = 60.0
 
 
+def mode_args(mode: str, *, interval: float, watch_wait: float) -> dict[str, Any]:
+    """The source's arguments for a mode: ``poll`` every ``interval`` s, or ``watch``, one
+    waiting poll per host that waits up to ``watch_wait`` s (``interval`` unused)."""
+    if mode == "watch":
+        return {"mode": "watch", "watch_wait": watch_wait}
+    return {"interval": interval}
+
+
 @dataclass(frozen=True)
 class Arrival:
     """One job event as the child's queue handed it over."""

@@ -94,10 +94,13 @@ class Demo:
             f"winasync.eda demo: {len(HOSTS)} simulated Windows hosts, {len(JOBS)} async jobs, "
             f"the rulebook {RULEBOOK}"
         )
-        with SimProcess(self.workdir / "sim", hosts=len(HOSTS)) as sim_hosts:
+        # what most Windows fleets run: Negotiate (NTLM) over http with WinRM message encryption
+        with SimProcess(
+            self.workdir / "sim", hosts=len(HOSTS), https=False, auth="negotiate"
+        ) as sim_hosts:
             self.say(
                 f"simulated hosts up: {', '.join(sim_hosts.names)} "
-                "(WinRM over https on 127.0.0.1, CA-validated)"
+                "(WinRM over http on 127.0.0.1, Negotiate/NTLM with message encryption)"
             )
             rulebook = Rulebook(
                 RULEBOOK,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -63,6 +64,7 @@ class SimProcess(Lifecycle):
         hosts: int = 2,
         *,
         https: bool = True,
+        auth: str = "basic",
         generation: str | None = None,
         prefix: str = "win",
         log: Path | None = None,
@@ -70,6 +72,7 @@ class SimProcess(Lifecycle):
         self.state = state.resolve()
         self.count = hosts
         self.https = https
+        self.auth = auth
         self.generation = generation
         self.prefix = prefix
         self.log_path = log or self.state / "winsim.log"
@@ -81,7 +84,7 @@ class SimProcess(Lifecycle):
     def start(self) -> SimProcess:
         self.state.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "winsim", "serve", "--hosts", str(self.count)]
-        cmd += ["--state", str(self.state), "--prefix", self.prefix]
+        cmd += ["--state", str(self.state), "--prefix", self.prefix, "--auth", self.auth]
         if self.https:
             cmd.append("--https")
         if self.generation:
@@ -133,6 +136,21 @@ class SimProcess(Lifecycle):
     def inventory(self) -> Path:
         """A psrp inventory of every host (0600: it holds the passwords)."""
         return meta_dir(self.state) / "inventory.yml"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a client's environment needs (``--auth kerberos``: where the KDC is), from the
+        ``env`` file of ``export`` lines the sim writes."""
+        path = meta_dir(self.state) / "env"
+        if not path.exists():
+            return {}
+        env: dict[str, str] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            words = shlex.split(line)
+            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+                key, _sep, value = words[1].partition("=")
+                env[key] = value
+        return env
 
     @property
     def ca_bundle(self) -> Path | None:

@@ -35,8 +35,10 @@ class SimServerThread(Lifecycle):
         ca: CertificateAuthority | None = None,
         ca_bundle: str | Path | None = None,
         call_timeout: float = 30.0,
+        **options: Any,
     ) -> None:
-        self.server = SimServer(executor, ca=ca, ca_bundle=ca_bundle)
+        """``options`` go to ``SimServer`` (``idle_close_s``)."""
+        self.server = SimServer(executor, ca=ca, ca_bundle=ca_bundle, **options)
         self.call_timeout = call_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

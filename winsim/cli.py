@@ -1,6 +1,6 @@
 """``python -m winsim``: serve simulated Windows hosts, and act on a running sim.
 
-    python -m winsim serve --hosts 3 --state /tmp/sim [--https]
+    python -m winsim serve --hosts 3 --state /tmp/sim [--https] [--auth negotiate]
     python -m winsim job --state /tmp/sim --host win01 --outcome failed --duration 3 --rc 2
     python -m winsim reboot --state /tmp/sim --host win01
     python -m winsim orphan --state /tmp/sim --host win01 --jid j123.4000
@@ -8,8 +8,16 @@
 
 ``serve`` keeps its bookkeeping in ``<state>/.winsim/``: one credentials file per host (mode
 0600, the only place a password is written), ``hosts.json`` (no secrets), ``inventory.yml`` (an
-Ansible inventory for the psrp connection, 0600 as it carries the passwords) and
+Ansible inventory for the psrp connection, 0600 as it carries the passwords), for
+``--auth certificate`` a client certificate and key per host in ``certificates/`` (0600), and
 ``control.sock``, a Unix socket the other commands talk to.
+
+``--auth`` is how the hosts log clients on: ``negotiate`` (the default, as Windows: NTLM, with
+WinRM message encryption over HTTP, or channel binding with ``--https``), ``basic`` (over HTTP
+only because the host then allows unencrypted traffic), ``certificate`` (TLS client
+certificates; needs ``--https``) or ``kerberos`` (a real MIT KDC on loopback for the run: the
+user is the domain account ``<user>@WINSIM.TEST``; ``krb5.conf`` and ``env``, a file of
+``export`` lines a shell or a test sources, tell clients where the KDC is).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,11 +39,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from winsim.auth.gates import AUTH_KINDS
 from winsim.host import DEFAULT_MEMORY_QUOTA_MB, SimHost
 from winsim.jobfiles import GENERATIONS
 from winsim.jobs import OUTCOMES
+from winsim.kdc import PROCESS_ENV, Kdc
+from winsim.kdc import available as kdc_available
 from winsim.scripts.dispatch import execute
-from winsim.server import HostEndpoint, SimServer
+from winsim.server import IDLE_CLOSE_S, HostEndpoint, SimServer
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +69,14 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def inventory_vars(ep: HostEndpoint, password: str, ca_bundle: Path | None) -> dict[str, Any]:
-    """The psrp inventory variables of one simulated host (also the benchmarks' inventory)."""
+def inventory_vars(
+    ep: HostEndpoint,
+    password: str,
+    ca_bundle: Path | None,
+    certificate: tuple[Path, Path] | None = None,
+) -> dict[str, Any]:
+    """The psrp inventory variables of one simulated host, as a Windows admin writes them for
+    its auth kind (also the benchmarks' inventory)."""
     hostvars: dict[str, Any] = {
         "ansible_host": ep.address,
         "ansible_port": ep.port,
@@ -66,14 +84,35 @@ def inventory_vars(ep: HostEndpoint, password: str, ca_bundle: Path | None) -> d
         "ansible_user": ep.username,
         "ansible_password": password,
         "ansible_psrp_protocol": ep.scheme,
-        "ansible_psrp_auth": "basic",
+        "ansible_psrp_auth": ep.auth,
     }
     if ep.https:
         hostvars["ansible_psrp_cert_validation"] = "validate"
         hostvars["ansible_psrp_ca_cert"] = str(ca_bundle)
-    else:
+    elif ep.auth == "basic":
+        # Basic over HTTP sends the password in the clear: only ever asked for explicitly
         hostvars["ansible_psrp_message_encryption"] = "never"
+    if ep.auth == "kerberos":
+        # a domain account; the SPN names the host (HTTP/<name>), the address is 127.0.0.1
+        hostvars["ansible_user"] = ep.accounts.principal_of(ep.username)
+        hostvars["ansible_psrp_negotiate_hostname_override"] = ep.service_host
+    if certificate is not None:
+        del hostvars["ansible_user"], hostvars["ansible_password"]
+        hostvars["ansible_psrp_certificate_pem"] = str(certificate[0])
+        hostvars["ansible_psrp_certificate_key_pem"] = str(certificate[1])
     return hostvars
+
+
+def _client_certificate(server: SimServer, ep: HostEndpoint, state: Path) -> tuple[Path, Path]:
+    """Issue a client certificate for the host's user, map it on the host, write it (0600)."""
+    upn = f"{ep.username}@localhost"
+    ep.accounts.map_certificate(upn, ep.username)
+    cert_pem, key_pem = server.ca.issue_client(upn)
+    directory = meta_dir(state) / "certificates"
+    cert_file, key_file = directory / f"{ep.name}.pem", directory / f"{ep.name}.key"
+    _write_private(cert_file, cert_pem.decode("ascii"))
+    _write_private(key_file, key_pem.decode("ascii"))
+    return cert_file, key_file
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -137,18 +176,49 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"a sim already serves {state}", file=sys.stderr)
             return 1
         sock_path.unlink()
-    ca_bundle = meta / "ca.pem"
-    ca_bundle.unlink(missing_ok=True)  # a new CA every run: never an old bundle
-
+    (meta / "ca.pem").unlink(missing_ok=True)  # a new CA every run: never an old bundle
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    realm = start_realm(meta) if args.auth == "kerberos" else None
+    try:
+        return await _serve(args, state, stop, realm)
+    finally:
+        if realm is not None:
+            realm.stop()
+
+
+def start_realm(meta: Path) -> Kdc:
+    """A Kerberos realm for the hosts, its ``krb5.conf`` and an ``env`` file for clients."""
+    realm = Kdc().start()
+    # this process's acceptors read the keytab; nothing else of the realm leaves it
+    os.environ.update({key: realm.env[key] for key in PROCESS_ENV})
+    conf = meta / "krb5.conf"
+    conf.write_text(realm.krb5_conf.read_text(encoding="utf-8"), encoding="utf-8")
+    env = {"KRB5_CONFIG": str(conf), "KRB5CCNAME": f"FILE:{meta / 'krb5cc'}"}
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
+    (meta / "env").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return realm
+
+
+async def _serve(
+    args: argparse.Namespace, state: Path, stop: asyncio.Event, realm: Kdc | None
+) -> int:
+    meta = meta_dir(state)
+    sock_path = meta / SOCKET_NAME
+    ca_bundle = meta / "ca.pem"
     hosts: dict[str, SimHost] = {}
     listing: list[dict[str, Any]] = []
     inventory: dict[str, Any] = {}
-    async with SimServer(execute, ca_bundle=ca_bundle if args.https else None) as server:
+    # with Kerberos the user is a domain account: one password for every host
+    domain_password = secrets.token_urlsafe(18)
+    principal = realm.add_user(args.user, domain_password) if realm is not None else None
+    loop = asyncio.get_running_loop()
+    async with SimServer(
+        execute, ca_bundle=ca_bundle if args.https else None, idle_close_s=args.idle_close
+    ) as server:
         for index in range(1, args.hosts + 1):
             name = f"{args.prefix}{index:02d}"
             host = SimHost(
@@ -160,7 +230,7 @@ async def serve(args: argparse.Namespace) -> int:
             )
             host.max_shells_per_user = args.max_shells_per_user
             host.attach_loop(loop)
-            password = secrets.token_urlsafe(18)
+            password = domain_password if principal else secrets.token_urlsafe(18)
             port = args.base_port + index - 1 if args.base_port else 0
             ep = await server.add_host(
                 name,
@@ -170,9 +240,16 @@ async def serve(args: argparse.Namespace) -> int:
                 address=args.address,
                 port=port,
                 https=args.https,
+                auth=args.auth,
+                service_host=realm.add_service(name) if realm is not None else None,
             )
+            if principal:
+                ep.accounts.map_principal(principal, args.user)
             hosts[name] = host
             bundle = server.ca_bundle if args.https else None
+            certificate = (
+                _client_certificate(server, ep, state) if args.auth == "certificate" else None
+            )
             creds = credentials_path(state, name)
             entry = {
                 "name": name,
@@ -180,14 +257,16 @@ async def serve(args: argparse.Namespace) -> int:
                 "address": ep.address,
                 "port": ep.port,
                 "protocol": ep.scheme,
-                "username": args.user,
+                "auth": ep.auth,
+                "username": principal or args.user,
+                "service_host": ep.service_host,
                 "ca_bundle": str(bundle) if bundle else None,
                 "credentials": str(creds),
                 "root": str(host.root),
             }
             _write_private(creds, json.dumps(dict(entry, password=password), indent=2))
             listing.append(entry)
-            inventory[name] = inventory_vars(ep, password, bundle)
+            inventory[name] = inventory_vars(ep, password, bundle, certificate)
             print(f"{name} {ep.url} credentials={creds}", flush=True)
         (meta / "hosts.json").write_text(json.dumps(listing, indent=2), encoding="utf-8")
         # JSON is YAML: ansible's yaml inventory plugin reads it
@@ -297,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--hosts", type=int, default=1)
     serve_p.add_argument("--state", required=True, help="directory holding the hosts' disks")
     serve_p.add_argument("--https", action="store_true", help="HTTPS with a CA of its own")
+    serve_p.add_argument(
+        "--auth",
+        choices=AUTH_KINDS,
+        default="negotiate",
+        help="how hosts log clients on (default: negotiate; over HTTP with message encryption)",
+    )
+    serve_p.add_argument(
+        "--idle-close",
+        type=float,
+        default=IDLE_CLOSE_S,
+        help="seconds after which an idle keep-alive connection is closed (HTTP.sys: 120)",
+    )
     serve_p.add_argument("--address", default="127.0.0.1", help="a loopback address")
     serve_p.add_argument("--base-port", type=int, default=0, help="first port (0: any free)")
     serve_p.add_argument("--prefix", default="win", help="host names: <prefix>01, ...")
@@ -359,6 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         if not 1 <= args.hosts <= 1000:
             print("--hosts must be between 1 and 1000", file=sys.stderr)
+            return 2
+        if args.auth == "kerberos" and (missing := kdc_available()):
+            print(f"--auth kerberos needs a KDC: {missing}", file=sys.stderr)
+            return 2
+        if args.auth == "certificate" and not args.https:
+            print("--auth certificate needs --https", file=sys.stderr)
+            return 2
+        if args.idle_close <= 0:
+            print("--idle-close must be positive", file=sys.stderr)
             return 2
         args.state = str(Path(args.state).resolve())
         return asyncio.run(serve(args))

@@ -33,6 +33,7 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_action: dict[str, ActionCounts] = {}
+        self._auth_failures = 0
 
     def record(self, action: str, bytes_in: int, bytes_out: int) -> None:
         with self._lock:
@@ -40,6 +41,16 @@ class Counters:
             self._by_action[action] = ActionCounts(
                 old.requests + 1, old.bytes_in + bytes_in, old.bytes_out + bytes_out
             )
+
+    def record_auth_failure(self) -> None:
+        """A logon refused for its credentials: what an account lockout policy counts."""
+        with self._lock:
+            self._auth_failures += 1
+
+    @property
+    def auth_failures(self) -> int:
+        with self._lock:
+            return self._auth_failures
 
     def by_action(self) -> dict[str, ActionCounts]:
         with self._lock:
@@ -70,6 +81,7 @@ class Counters:
     def reset(self) -> None:
         with self._lock:
             self._by_action.clear()
+            self._auth_failures = 0
 
 
 _ZERO = ActionCounts()

@@ -29,6 +29,9 @@ class FaultKind(enum.StrEnum):
     DELAY = "delay"
     # the connection is cut in the middle of the reply body
     DROP = "drop"
+    # the reply is whole, then the server closes the keep-alive connection (as HTTP.sys does
+    # after 120 s idle): a Negotiate client must authenticate again on a new one
+    CLOSE = "close"
     # the request's shell is forgotten: the client gets the unknown-shell WSMan fault
     SHELL_LOST = "shell_lost"
     # the next Receive on a shell carries the pool's Broken state; the shell is then forgotten

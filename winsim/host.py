@@ -262,11 +262,7 @@ class SimHost:
 
     def deny_access(self, win_path: str, denied: bool = True) -> None:
         """Make a directory unlistable for the user, as a changed ACL would."""
-        key = ntpath.normpath(win_path).casefold()
-        if denied:
-            self.denied_dirs.add(key)
-        else:
-            self.denied_dirs.discard(key)
+        _mark(self.denied_dirs, win_path, denied)
 
     def is_denied(self, win_path: str) -> bool:
         return ntpath.normpath(win_path).casefold() in self.denied_dirs
@@ -294,11 +290,7 @@ class SimHost:
         return False
 
     def lock_file(self, win_path: str, locked: bool = True) -> None:
-        key = ntpath.normpath(win_path).casefold()
-        if locked:
-            self.locked_paths.add(key)
-        else:
-            self.locked_paths.discard(key)
+        _mark(self.locked_paths, win_path, locked)
 
     def is_locked(self, win_path: str) -> bool:
         key = ntpath.normpath(win_path).casefold()
@@ -425,6 +417,15 @@ class SimHost:
         if not job.ended.wait(timeout):
             raise TimeoutError(f"job {jid} on {self.name} not ended after {timeout}s")
         return job
+
+
+def _mark(marked: set[str], win_path: str, on: bool) -> None:
+    """Add the path to (or take it from) a set of Windows paths, compared case-insensitively."""
+    key = ntpath.normpath(win_path).casefold()
+    if on:
+        marked.add(key)
+    else:
+        marked.discard(key)
 
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:

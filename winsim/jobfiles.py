@@ -110,18 +110,25 @@ def encode_initial(
     record: Mapping[str, Any], generation: Generation, *, codepage: str = ANSI_CODEPAGE
 ) -> bytes:
     """``codepage``: the host's ANSI code page, which Set-Content uses on 5.1 (2.15-2.18)."""
-    text = convert_to_json(record, edition=_edition(generation))
-    if is_legacy(generation):
-        return text.encode(codepage, errors="replace") + CRLF
-    return text.encode("utf-8")
+    return _encode(record, generation, codepage, final=False)
 
 
 def encode_final(
     record: Mapping[str, Any], generation: Generation, *, codepage: str = ANSI_CODEPAGE
 ) -> bytes:
+    return _encode(record, generation, codepage, final=True)
+
+
+def _encode(
+    record: Mapping[str, Any], generation: Generation, codepage: str, *, final: bool
+) -> bytes:
+    """Legacy files: the ANSI code page and CRLF, first write and last alike. 2.19: the first
+    write is bare UTF-8; the final one ends with CRLF, after a BOM on 5.1."""
     text = convert_to_json(record, edition=_edition(generation))
     if is_legacy(generation):
         return text.encode(codepage, errors="replace") + CRLF
+    if not final:
+        return text.encode("utf-8")
     body = text.encode("utf-8") + CRLF
     return UTF8_BOM + body if generation == "2.19-ps51" else body
 
@@ -135,8 +142,11 @@ def decode_job_file(data: bytes) -> dict[str, Any] | None:
     except UnicodeDecodeError:
         text = data.decode(ANSI_CODEPAGE, errors="replace")
     text = text.strip()
-    if not text:
-        return None
+    return json_object(text) if text else None
+
+
+def json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object ``text`` holds; None when it is no JSON or not an object."""
     try:
         value = json.loads(text)
     except ValueError:

@@ -1,29 +1,36 @@
 """Many simulated Windows hosts in one process: one aiohttp runner, one listening socket per host.
 
-Each host has its own port (and address), credentials, shells, counters and faults. A request is
-routed to its host by the local socket address it arrived on. Basic auth only (over HTTP with
-the client's ``encryption="never"``, or over HTTPS with a certificate from the server's CA).
+Each host has its own port (and address), local users, shells, counters and faults. A request is
+routed to its host by the local socket address it arrived on, and authenticated by the host's
+gate (``winsim.auth``): Basic, Negotiate (NTLM; Kerberos with a keytab) with message encryption
+over HTTP or channel binding over HTTPS, or TLS client certificates. As HTTP.sys does, a
+keep-alive connection idle for ``idle_close_s`` (120 s by default) is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import logging
 import shutil
 import socket
 import ssl
 import tempfile
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from winsim.api import Executor
+from winsim.auth.accounts import Accounts
+from winsim.auth.bindings import end_point_data
+from winsim.auth.certificates import CertificateGate
+from winsim.auth.gates import AUTH_KINDS, BasicGate, Connection, Gate, Request
+from winsim.auth.negotiate import NegotiateGate
 from winsim.counters import Counters
 from winsim.faults import Fault, FaultKind, FaultPlan
 from winsim.tls import DEFAULT_NAMES, CertificateAuthority
@@ -41,6 +48,8 @@ log = logging.getLogger(__name__)
 _MAX_BODY = 16 * 1024 * 1024
 # how often shells idle past their timeout are closed (WinRM's own sweep is not documented)
 REAP_PERIOD_S = 1.0
+# HTTP.sys closes a keep-alive connection idle this long (IdleConnectionTimeout, 120 s)
+IDLE_CLOSE_S = 120.0
 
 
 @dataclass(eq=False)
@@ -54,9 +63,13 @@ class HostEndpoint:
     https: bool
     username: str
     service: WSManService = field(repr=False)
+    auth: str = "basic"
+    accounts: Accounts = field(default_factory=Accounts, repr=False)
     counters: Counters = field(default_factory=Counters, repr=False)
     faults: FaultPlan = field(default_factory=FaultPlan, repr=False)
-    _password: str = field(default="", repr=False)
+    # the HTTP/<name> principal's host part when Kerberos is accepted
+    service_host: str | None = None
+    gate: Gate | None = field(default=None, repr=False)
     _socket_key: tuple[str, int] = field(default=("", 0), repr=False)
     _site: web.BaseSite | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
@@ -79,17 +92,6 @@ class HostEndpoint:
     def listening(self) -> bool:
         return self._site is not None
 
-    def check_credentials(self, header: str | None) -> bool:
-        if not header or header[:6].lower() != "basic ":
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:].strip()).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        same_user = hmac.compare_digest(user.encode(), self.username.encode())
-        same_password = hmac.compare_digest(password.encode(), self._password.encode())
-        return same_user and same_password
-
 
 class SimServer:
     """The simulated hosts of one process, served from the running event loop.
@@ -105,15 +107,19 @@ class SimServer:
         ca: CertificateAuthority | None = None,
         ca_bundle: str | Path | None = None,
         shutdown_timeout: float = 2.0,
+        idle_close_s: float = IDLE_CLOSE_S,
     ) -> None:
         self.executor = executor
+        self.idle_close_s = idle_close_s
+        # the authentication state of each TCP connection, dropped with the connection
+        self._connections: weakref.WeakKeyDictionary[Any, Connection] = weakref.WeakKeyDictionary()
         self._ca = ca
         self._ca_bundle = Path(ca_bundle) if ca_bundle is not None else None
         self._tmpdir: str | None = None
         self._shutdown_timeout = shutdown_timeout
         self._endpoints: dict[str, HostEndpoint] = {}
         self._by_socket: dict[tuple[str, int], HostEndpoint] = {}
-        self._ssl_contexts: dict[str, ssl.SSLContext] = {}
+        self._ssl_contexts: dict[tuple[str, bool], tuple[ssl.SSLContext, bytes]] = {}
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -133,6 +139,7 @@ class SimServer:
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=self._shutdown_timeout,
+            keepalive_timeout=self.idle_close_s,
         )
         await self._runner.setup()
         self._reaper = asyncio.create_task(self._reap_idle_shells(), name="winsim-reaper")
@@ -188,12 +195,31 @@ class SimServer:
         address: str = "127.0.0.1",
         port: int = 0,
         https: bool = False,
+        auth: str = "basic",
+        users: Mapping[str, str] | None = None,
+        service_host: str | None = None,
     ) -> HostEndpoint:
-        """Start serving one host; ``port=0`` picks a free port (read it from ``.port``)."""
+        """Start serving one host; ``port=0`` picks a free port (read it from ``.port``).
+
+        ``username``/``password`` is the host's first local user, ``users`` more of them.
+        ``auth``: ``basic``, ``negotiate`` (NTLM; also Kerberos when ``service_host`` is set),
+        ``kerberos`` (Negotiate with ``service_host`` required) or ``certificate`` (HTTPS; map
+        certificates with ``endpoint.accounts.map_certificate``).
+        """
         if self._runner is None:
             raise RuntimeError("SimServer is not started")
         if name in self._endpoints:
             raise ValueError(f"host {name!r} already exists")
+        if auth not in AUTH_KINDS:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_KINDS)}, not {auth!r}")
+        if auth == "certificate" and not https:
+            raise ValueError("certificate auth needs https")
+        if auth == "kerberos" and not service_host:
+            raise ValueError("kerberos auth needs service_host (the name in HTTP/<name>)")
+        accounts = Accounts()
+        accounts.add_user(username, password)
+        for user, secret in (users or {}).items():
+            accounts.add_user(user, secret)
         endpoint = HostEndpoint(
             name=name,
             host=host,
@@ -202,9 +228,12 @@ class SimServer:
             https=https,
             username=username,
             service=WSManService(host, self.executor, machine=name, owner=username),
-            _password=password,
+            auth=auth,
+            accounts=accounts,
+            service_host=service_host,
         )
         await self._listen(endpoint)
+        endpoint.gate = self._gate(endpoint)
         self._endpoints[name] = endpoint
         endpoint.faults.on_listen_change = lambda: self._listen_changed(endpoint)
         # the host's scripted jobs run on this loop; a reboot ends every PSRP session, as on
@@ -233,6 +262,20 @@ class SimServer:
     def endpoints(self) -> list[HostEndpoint]:
         return list(self._endpoints.values())
 
+    def open_connections(self, name: str) -> int:
+        """TCP connections one host holds open now."""
+        endpoint = self._endpoints[name]
+        server = self._runner.server if self._runner is not None else None
+        if server is None:
+            return 0
+        count = 0
+        for handler in server.connections:
+            transport = handler.transport
+            sockname = transport.get_extra_info("sockname") if transport is not None else None
+            if sockname is not None and tuple(sockname[:2]) == endpoint._socket_key:
+                count += 1
+        return count
+
     @property
     def ca(self) -> CertificateAuthority:
         if self._ca is None:
@@ -260,18 +303,42 @@ class SimServer:
         endpoint.port = bound[1]
         endpoint._socket_key = (bound[0], bound[1])
         self._by_socket[endpoint._socket_key] = endpoint
-        ssl_context = self._ssl_context(endpoint.address) if endpoint.https else None
+        ssl_context = None
+        if endpoint.https:
+            ssl_context, _ = self._ssl_identity(endpoint.address, endpoint.auth == "certificate")
         site = web.SockSite(self._runner, sock, ssl_context=ssl_context)
         await site.start()
         endpoint._site = site
 
-    def _ssl_context(self, address: str) -> ssl.SSLContext:
-        context = self._ssl_contexts.get(address)
-        if context is None:
+    def _ssl_identity(
+        self, address: str, client_certificates: bool
+    ) -> tuple[ssl.SSLContext, bytes]:
+        """The TLS context of an address and the DER of its certificate (shared by its hosts)."""
+        key = (address, client_certificates)
+        identity = self._ssl_contexts.get(key)
+        if identity is None:
             self.ca_bundle  # noqa: B018 - write the bundle before any client needs it
-            context = self.ca.server_context((*DEFAULT_NAMES, address))
-            self._ssl_contexts[address] = context
-        return context
+            identity = self.ca.server_identity(
+                (*DEFAULT_NAMES, address), client_certificates=client_certificates
+            )
+            self._ssl_contexts[key] = identity
+        return identity
+
+    def _gate(self, endpoint: HostEndpoint) -> Gate:
+        if endpoint.auth == "basic":
+            return BasicGate(endpoint.accounts, endpoint.https)
+        if endpoint.auth == "certificate":
+            return CertificateGate(endpoint.accounts)
+        bindings = None
+        if endpoint.https:
+            bindings = end_point_data(self._ssl_identity(endpoint.address, False)[1])
+        return NegotiateGate(
+            endpoint.accounts,
+            machine=endpoint.name,
+            https=endpoint.https,
+            bindings=bindings,
+            service_host=endpoint.service_host,
+        )
 
     def _listen_changed(self, endpoint: HostEndpoint) -> None:
         """Called from any thread when a REFUSE fault comes or goes; waits when it can."""
@@ -307,11 +374,24 @@ class SimServer:
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         endpoint = self._by_socket.get((sockname[0], sockname[1])) if sockname else None
-        if endpoint is None:
+        if endpoint is None or endpoint.gate is None or transport is None:
             raise web.HTTPNotFound()
         data = await request.read()
+        conn = self._connections.get(transport)
+        if conn is None:
+            conn = self._connections[transport] = Connection()
+        admission = endpoint.gate.admit(_gate_request(request, data), conn)
+        if admission.status != 200 or not admission.body:
+            # a refusal (counted under the request's action when it is readable), or a
+            # handshake leg (counted as Auth; the last one gets a 200 with the final token)
+            action = _action_of(admission.body or data) if admission.refused else "Auth"
+            endpoint.counters.record(action, len(data), 0)
+            if admission.bad_credentials:
+                endpoint.counters.record_auth_failure()
+            headers = CIMultiDict(admission.headers)
+            return web.Response(status=admission.status, headers=headers)
         try:
-            req: WSManRequest | None = parse_request(data)
+            req: WSManRequest | None = parse_request(admission.body)
         except WSManError:
             req = None
         action = req.action if req is not None else "unknown"
@@ -321,16 +401,25 @@ class SimServer:
             reply = await self._reply(request, endpoint, req, fault)
             if reply is None:
                 return web.Response()
-            sent = len(reply.body)
+            body, content_type = reply.body, reply.content_type
+            headers = CIMultiDict(admission.headers)
+            if reply.status == 401:
+                conn.reset()
+                headers = CIMultiDict(endpoint.gate.challenge())
+            elif admission.sealed:
+                content_type, body = endpoint.gate.seal_reply(conn, body)
+            sent = len(body)
             if fault is not None and fault.kind == FaultKind.DROP:
-                return await self._drop_mid_reply(request, reply)
+                return await self._drop_mid_reply(request, reply.status, content_type, body)
         finally:
             # counted even when the client gave up (a delayed or long-polled request)
             endpoint.counters.record(action, len(data), sent)
-        headers = {"Content-Type": reply.content_type}
-        if reply.status == 401:
-            headers["WWW-Authenticate"] = 'Basic realm="WSMAN"'
-        return web.Response(status=reply.status, body=reply.body, headers=headers)
+        headers["Content-Type"] = content_type
+        response = web.Response(status=reply.status, body=body, headers=headers)
+        if fault is not None and fault.kind == FaultKind.CLOSE:
+            # as HTTP.sys closing an idle keep-alive connection, right after this reply
+            response.force_close()
+        return response
 
     async def _reply(
         self,
@@ -344,9 +433,7 @@ class SimServer:
         if kind in (FaultKind.REFUSE, FaultKind.FLAP):  # FLAP: take() returns it when down
             _abort(request)
             return None
-        if kind == FaultKind.UNAUTHORIZED or not endpoint.check_credentials(
-            request.headers.get("Authorization")
-        ):
+        if kind == FaultKind.UNAUTHORIZED:
             return WSManReply(401, b"", "text/plain")
         message_id = req.message_id if req is not None else ""
         if fault is not None and kind == FaultKind.WSMAN_FAULT:
@@ -370,15 +457,38 @@ class SimServer:
         peer = request.remote or ""
         return await endpoint.service.handle(req, client_ip=peer)
 
-    async def _drop_mid_reply(self, request: web.Request, reply: WSManReply) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=reply.status, headers={"Content-Type": reply.content_type}
-        )
-        response.content_length = len(reply.body)
+    async def _drop_mid_reply(
+        self, request: web.Request, status: int, content_type: str, body: bytes
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers={"Content-Type": content_type})
+        response.content_length = len(body)
         await response.prepare(request)
-        await response.write(reply.body[: max(1, len(reply.body) // 2)])
+        await response.write(body[: max(1, len(body) // 2)])
         _abort(request)
         return response
+
+
+def _action_of(body: bytes) -> str:
+    if not body.lstrip().startswith(b"<"):
+        return "Auth"
+    try:
+        return parse_request(body).action
+    except WSManError:
+        return "unknown"
+
+
+def _gate_request(request: web.Request, body: bytes) -> Request:
+    peer: bytes | None = None
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is not None:
+        peer = ssl_object.getpeercert(binary_form=True)
+    return Request(
+        authorization=request.headers.get("Authorization"),
+        content_type=request.headers.get("Content-Type", ""),
+        body=body,
+        peer_certificate=peer,
+    )
 
 
 def _abort(request: web.Request) -> None:

@@ -94,8 +94,13 @@ def test_bench_smoke_writes_every_contract_key(tmp_path: Path) -> None:
         assert set(row) >= FLEET_KEYS
         assert row["lost"] == 0, row
         assert row["duplicated"] == 0, row
+    kinds = {(r["auth"], r["protocol"]) for r in doc["auth_cost"]}
+    assert {("basic", "https"), ("negotiate", "http"), ("negotiate", "https")} <= kinds
+    for row in doc["auth_cost"]:
+        assert row["cpu_ms_per_poll"] > 0 and row["bytes_per_idle_poll"] > 0, row
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Fleet" in proc.stdout  # the tables were printed
+    assert "Auth cost" in proc.stdout
 
 
 def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
@@ -112,6 +117,9 @@ def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
         assert row["duplicated"] == 0, row
     assert doc["faults_watch_source"]["source_alive_at_end"]
     assert doc["crash_watch"]["lost"] == 0, doc["crash_watch"]
+    # a wrong password: refused logons counted on the host, one per auth_backoff at most
+    lockout = doc["lockout"]
+    assert 1 <= lockout["logon_failures_per_host"] <= lockout["bound_per_host"], lockout
     crash = doc["crash"]
     assert set(crash) >= CRASH_KEYS
     assert crash["lost"] == 0, crash

@@ -255,18 +255,25 @@ def test_hook_when_gone_runs_the_followup_for_a_removed_job(local: Local) -> Non
     assert local.records()[0]["cleanup"] == "already_gone"
 
 
+def _remediated(local: Local, jid: str, status: str, **async_job: Any) -> Any:
+    """Run job_failed.yml with the marker hook on the job's event; it succeeds and erases the
+    job file. What the hook saw of the job."""
+    proc = local.react(
+        "job_failed.yml",
+        local.event(jid, status, **async_job),
+        winasync_remediation_tasks=HOOK_MARKER,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (local.async_dir / jid).exists()
+    return read_json(local.marker)
+
+
 def test_failed_job_is_remediated_with_its_rc(local: Local) -> None:
     jid = local.start_job("echo about-to-fail; exit 3")
     final = local.wait_finished(jid)
     assert final["rc"] == 3
 
-    proc = local.react(
-        "job_failed.yml", local.event(jid, "failed", rc=3), winasync_remediation_tasks=HOOK_MARKER
-    )
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not (local.async_dir / jid).exists()
-    job = read_json(local.marker)
+    job = _remediated(local, jid, "failed", rc=3)
     assert (job["status"], job["outcome"], job["failed"]) == ("failed", "failed", True)
     assert job["rc"] == 3
     assert job["stdout"] == "about-to-fail"
@@ -281,13 +288,7 @@ def test_timed_out_job_is_remediated(local: Local) -> None:
     assert final.get("failed") is True
     assert "Timeout exceeded" in final.get("msg", "")
 
-    proc = local.react(
-        "job_failed.yml", local.event(jid, "timed_out"), winasync_remediation_tasks=HOOK_MARKER
-    )
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not (local.async_dir / jid).exists()
-    job = read_json(local.marker)
+    job = _remediated(local, jid, "timed_out")
     assert job["status"] == "timed_out"
     assert "Timeout exceeded" in job["msg"]
     [record] = local.records()
@@ -301,13 +302,7 @@ def test_lost_job_file_is_removed(local: Local) -> None:
         json.dumps({"started": True, "finished": False, "ansible_job_id": jid}), encoding="utf-8"
     )
 
-    proc = local.react(
-        "job_failed.yml", local.event(jid, "lost"), winasync_remediation_tasks=HOOK_MARKER
-    )
-
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not (local.async_dir / jid).exists()
-    job = read_json(local.marker)
+    job = _remediated(local, jid, "lost")
     assert job["status"] == "lost"
     assert job["result"]["finished"] is False
     [record] = local.records()
@@ -588,25 +583,34 @@ def _wait_for_records(local: Local, rulebook: ChildProcess, count: int) -> None:
     wait_until(enough, RULEBOOK_TIMEOUT_S, f"{count} record lines")
 
 
+def _rulebook_on_two_ended_jobs(
+    local: Local,
+    run_rulebook: StartRulebook,
+    failed_rc: int,
+    args: list[str],
+    cwd: Path,
+    variables: dict[str, Any],
+) -> tuple[str, str, ChildProcess]:
+    """Two jobs that ended (one finished, one failed with ``failed_rc``), then ansible-rulebook
+    on their events (``_rulebook_events``) until both playbooks wrote their record line (the
+    record file is added to ``variables``)."""
+    finished = local.start_job("echo done")
+    failed = local.start_job(f"exit {failed_rc}")
+    local.wait_finished(finished)
+    local.wait_finished(failed)
+    variables = {"winasync_record_file": str(local.record), **variables}
+    rulebook = run_rulebook(args, cwd, _rulebook_events(local, finished, failed), variables)
+    _wait_for_records(local, rulebook, 2)
+    return finished, failed, rulebook
+
+
 def test_rulebook_from_installed_collection_runs_the_playbooks(
     local: Local, stub_collections: Path, run_rulebook: StartRulebook
 ) -> None:
-    finished = local.start_job("echo done")
-    failed = local.start_job("exit 4")
-    local.wait_finished(finished)
-    local.wait_finished(failed)
-
-    rulebook = run_rulebook(
-        ["-r", "winasync.eda.windows_async_jobs"],
-        local.root,
-        _rulebook_events(local, finished, failed),
-        {
-            "winasync_record_file": str(local.record),
-            "winasync_interval": 0.5,
-            "winasync_inventory": str(local.inventory),
-        },
+    variables = {"winasync_interval": 0.5, "winasync_inventory": str(local.inventory)}
+    finished, failed, rulebook = _rulebook_on_two_ended_jobs(
+        local, run_rulebook, 4, ["-r", "winasync.eda.windows_async_jobs"], local.root, variables
     )
-    _wait_for_records(local, rulebook, 2)
 
     records = local.records()
     assert [(r["jid"], r["status"]) for r in records] == [
@@ -656,24 +660,15 @@ def test_rulebook_from_checkout_with_playbook_paths(
 ) -> None:
     # From a checkout, plain paths work too: run_playbook copies the playbook's directory
     # (playbooks/, with tasks/) for each run.
-    finished = local.start_job("echo done")
-    failed = local.start_job("exit 5")
-    local.wait_finished(finished)
-    local.wait_finished(failed)
-
-    rulebook = run_rulebook(
-        ["-r", "rulebooks/windows_async_jobs.yml"],
-        REPO,
-        _rulebook_events(local, finished, failed),
-        {
-            "winasync_record_file": str(local.record),
-            "winasync_finished_playbook": "playbooks/job_finished.yml",
-            "winasync_failed_playbook": "playbooks/job_failed.yml",
-            "winasync_remediation_tasks": HOOK_MARKER,
-            "winasync_host_events": "false",
-        },
+    variables = {
+        "winasync_finished_playbook": "playbooks/job_finished.yml",
+        "winasync_failed_playbook": "playbooks/job_failed.yml",
+        "winasync_remediation_tasks": HOOK_MARKER,
+        "winasync_host_events": "false",
+    }
+    finished, failed, _rulebook = _rulebook_on_two_ended_jobs(
+        local, run_rulebook, 5, ["-r", "rulebooks/windows_async_jobs.yml"], REPO, variables
     )
-    _wait_for_records(local, rulebook, 2)
 
     records = local.records()
     assert [(r["jid"], r["status"], r["cleanup"], r["hook"]) for r in records] == [

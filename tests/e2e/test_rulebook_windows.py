@@ -1,8 +1,12 @@
-"""The Windows path: simulated Windows hosts (WinRM over https on loopback), jobs started with
+"""The Windows path: simulated Windows hosts (WinRM on loopback: Basic over https, and Negotiate
+over http with message encryption, what most fleets run), jobs started with
 playbooks/start_job.yml over ansible's psrp connection, the source polling over pypsrp, the
 follow-up playbooks cleaning the job files on the simulated disks."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,13 +17,29 @@ from tests.e2e.conftest import (
     start_windows_jobs,
     wait_settled,
 )
+from tests.secret_scan import assert_not_shown
+from winsim.kdc import available as kdc_available
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(
+    params=[("basic", True), ("negotiate", False), ("kerberos", False)],
+    ids=["basic-https", "negotiate-http-encrypted", "kerberos-http-encrypted"],
+)
+def sim_hosts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimProcess]:
+    auth, https = request.param
+    if auth == "kerberos" and (missing := kdc_available()):
+        pytest.skip(f"Kerberos needs the KDC: {missing}")
+    with SimProcess(tmp_path / "sim", hosts=3, https=https, auth=auth) as running:
+        yield running
 
 
 def test_windows_jobs_are_followed_up_remediated_and_cleaned(
     sandbox: Sandbox, sim_hosts: SimProcess
 ) -> None:
+    # Kerberos: where the KDC is, for ansible-rulebook, the source and the playbooks
+    sandbox.env.update(sim_hosts.client_env)
     rb = sandbox.rulebook(
         sim_hosts.inventory, {"winasync_remediation_tasks": str(sandbox.hook_tasks)}
     ).start()
@@ -68,5 +88,7 @@ def test_windows_jobs_are_followed_up_remediated_and_cleaned(
     for jid, (host, status, _, _) in expected.items():
         assert f"{host}: {jid} {status}" in rb.text()
     assert "ansible_password" not in rb.text()
-    for host in sim_hosts.names:
-        assert sim_hosts.credentials(host)["password"] not in rb.text()
+    assert_not_shown(
+        [rb.text(), sim_hosts.log_path.read_text(encoding="utf-8")],
+        {f"{host}'s password": sim_hosts.credentials(host)["password"] for host in sim_hosts.names},
+    )

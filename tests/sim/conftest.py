@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from harness.sim_thread import SimServerThread
+from winsim.scripts.dispatch import execute
 
 
 class FakeClock:
@@ -18,3 +23,11 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServerThread]:
+    """A simulated host server running the real scripts, one per test module (a module that
+    needs another executor defines its own ``sim``)."""
+    with SimServerThread(execute) as server:
+        yield server

@@ -28,19 +28,12 @@ from winasync_eda.transports.psrp import PsrpTransport
 from harness.sim_thread import SimServerThread
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
 
 pytestmark = pytest.mark.sim
 PASSWORD = "Aio-S3cret-never-logged"
 ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 _names = iter(range(10_000))
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 @pytest.fixture
@@ -51,12 +44,13 @@ async def http() -> AsyncIterator[HttpClient]:
 
 
 @pytest.fixture
-def host(sim: SimServerThread, tmp_path: Path) -> Iterator[tuple[SimHost, HostEndpoint]]:
+def ep(sim: SimServerThread, tmp_path: Path) -> Iterator[HostEndpoint]:
+    """A simulated host of its own (``ep.host``), over HTTPS with the sim's CA."""
     name = f"aio{next(_names)}"
     simhost = SimHost("win01", tmp_path / name)
     simhost.attach_loop(sim.loop)
     ep = sim.add_host(name, simhost, username="ansible", password=PASSWORD, https=True)
-    yield simhost, ep
+    yield ep
     ep.faults.clear()
     sim.remove_host(name)
     for job in list(simhost.jobs.values()):
@@ -105,9 +99,9 @@ def kind(error: TransportError) -> str:
 
 
 async def test_the_same_answer_as_pypsrp(
-    sim: SimServerThread, host: tuple[SimHost, HostEndpoint], http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost, ep = host
+    simhost: SimHost = ep.host
     jid = simhost.start_job("finished", 0.1, stdout="héllo")
     await async_wait_until(lambda: simhost.jobs[jid].ended.is_set(), 10, "the job's end")
     answers = {}
@@ -137,13 +131,12 @@ async def test_the_same_answer_as_pypsrp(
 )
 async def test_a_fault_fails_the_poll_as_pypsrp_does_and_the_next_poll_recovers(
     sim: SimServerThread,
-    host: tuple[SimHost, HostEndpoint],
+    ep: HostEndpoint,
     http: HttpClient,
     fault: str,
     options: dict[str, Any],
     expected: str,
 ) -> None:
-    simhost, ep = host
     request = PollRequest(ASYNC_DIR)
     for name, transport in transports(sim, ep, http).items():
         try:
@@ -166,9 +159,8 @@ async def test_a_fault_fails_the_poll_as_pypsrp_does_and_the_next_poll_recovers(
 
 
 async def test_a_broken_pool_fails_the_poll_and_a_new_pool_follows(
-    sim: SimServerThread, host: tuple[SimHost, HostEndpoint], http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost, ep = host
     transport = transports(sim, ep, http)["aio"]
     try:
         await transport.poll(PollRequest(ASYNC_DIR))
@@ -183,9 +175,8 @@ async def test_a_broken_pool_fails_the_poll_and_a_new_pool_follows(
 
 
 async def test_tls_validation_is_on_by_default(
-    sim: SimServerThread, host: tuple[SimHost, HostEndpoint], http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost, ep = host
     # the sim's CA is in no default bundle: both clients refuse the host's certificate
     for name, transport in transports(sim, ep, http, cert_validation=True).items():
         try:
@@ -198,9 +189,9 @@ async def test_tls_validation_is_on_by_default(
 
 
 async def test_cancelling_a_waiting_poll_then_closing_ends_its_pipeline_at_once(
-    sim: SimServerThread, host: tuple[SimHost, HostEndpoint], http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost, ep = host
+    simhost: SimHost = ep.host
     settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
     transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
     waiting = asyncio.create_task(transport.poll(PollRequest(ASYNC_DIR, wait_s=50.0)))
@@ -216,9 +207,9 @@ async def test_cancelling_a_waiting_poll_then_closing_ends_its_pipeline_at_once(
 
 
 async def test_close_ends_a_poll_that_still_waits(
-    sim: SimServerThread, host: tuple[SimHost, HostEndpoint], http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost, ep = host
+    simhost: SimHost = ep.host
     settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
     transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
     waiting = asyncio.create_task(outcome(transport, PollRequest(ASYNC_DIR, wait_s=50.0)))

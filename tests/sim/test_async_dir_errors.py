@@ -3,28 +3,17 @@ which made the client report every running job `vanished`."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from winasync_eda.source import run
 
 from harness.sim_thread import SimServerThread
+from tests.sim.source_on_sim import running_source, source_args
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 
 pytestmark = pytest.mark.sim
 PASSWORD = "DirErr-Passw0rd!"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 async def test_access_denied_fails_the_poll_and_no_job_vanishes(
@@ -34,47 +23,32 @@ async def test_access_denied_fails_the_poll_and_no_job_vanishes(
     host.attach_loop(sim.loop)
     ep = sim.add_host("direrr-win01", host, username="ansible", password=PASSWORD)
     jid = sim.call(_start(host))
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    args = {
-        "hosts": [{"name": "win01", "address": ep.address, "port": ep.port}],
-        "username": "ansible",
-        "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "http",
-        "interval": 0.3,
-        "backoff_max": 0.6,
-        "read_timeout": 4,
-        "operation_timeout": 2,
-        "emit": ["running", "vanished", "finished", "lost"],
-        "host_events": True,
-    }
-    events: list[dict[str, Any]] = []
-
-    def seen(kind: str, status: str) -> list[dict[str, Any]]:
-        while not queue.empty():
-            events.append(queue.get_nowait())
-        return [e[kind] for e in events if kind in e and e[kind]["status"] == status]
-
-    task = asyncio.create_task(run(queue, args))
+    args = source_args(
+        ep,
+        "win01",
+        PASSWORD,
+        backoff_max=0.6,
+        emit=["running", "vanished", "finished", "lost"],
+        host_events=True,
+    )
     try:
-        await async_wait_until(lambda: seen("async_job", "running"), 20, "the running event")
-        host.call(host.deny_access, host.async_dir)
-        await async_wait_until(lambda: seen("async_host", "unreachable"), 20, "a failed poll")
-        (down,) = seen("async_host", "unreachable")
-        assert "access to the async dir" in down["error"] and "is denied" in down["error"]
-        host.call(host.deny_access, host.async_dir, False)
-        host.call(host.end_job_now, jid)
-        await async_wait_until(lambda: seen("async_job", "finished"), 20, "the finished event")
+        async with running_source(sim, ep, args) as events:
+            await async_wait_until(lambda: events.with_status("running"), 20, "the running event")
+            host.call(host.deny_access, host.async_dir)
+            await async_wait_until(
+                lambda: events.with_status("unreachable", "async_host"), 20, "a failed poll"
+            )
+            (down,) = events.with_status("unreachable", "async_host")
+            assert "access to the async dir" in down["error"] and "is denied" in down["error"]
+            host.call(host.deny_access, host.async_dir, False)
+            host.call(host.end_job_now, jid)
+            await async_wait_until(lambda: events.with_status("finished"), 20, "the finished event")
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sim.remove_host(ep.name)
         for job in list(host.jobs.values()):
             host.call(job.kill)
-    assert seen("async_job", "vanished") == []
-    assert seen("async_job", "lost") == []
-    assert [e["jid"] for e in seen("async_job", "finished")] == [jid]
+    assert events.with_status("vanished") == []
+    assert events.with_status("lost") == []
+    assert [e["jid"] for e in events.with_status("finished")] == [jid]
 
 
 async def _start(host: SimHost) -> str:
@@ -92,37 +66,13 @@ async def test_a_final_write_broken_by_a_reader_is_lost_naming_the_cause(
     host.attach_loop(sim.loop)
     ep = sim.add_host("direrr-win03", host, username="ansible", password=PASSWORD)
     jid = sim.call(_start(host))
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    args = {
-        "hosts": [{"name": "win03", "address": ep.address, "port": ep.port}],
-        "username": "ansible",
-        "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "http",
-        "interval": 0.3,
-        "read_timeout": 4,
-        "operation_timeout": 2,
-    }
-    events: list[dict[str, Any]] = []
-
-    def lost() -> list[dict[str, Any]]:
-        while not queue.empty():
-            events.append(queue.get_nowait())
-        return [e["async_job"] for e in events if e["async_job"]["status"] == "lost"]
-
-    task = asyncio.create_task(run(queue, args))
-    try:
+    async with running_source(sim, ep, source_args(ep, "win03", PASSWORD)) as events:
         results_file = host.jobs[jid].results_file
         await async_wait_until(lambda: host.reader_holds(results_file), 20, "a poll's read")
         host.call(host.end_job_now, jid)
-        await async_wait_until(lost, 20, "the lost event")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sim.remove_host(ep.name)
+        await async_wait_until(lambda: events.with_status("lost"), 20, "the lost event")
     assert host.jobs[jid].phase == "write-failed"
-    (event,) = lost()
+    (event,) = events.with_status("lost")
     assert event["jid"] == jid
     assert "final write failed because a reader held the job file open" in event["msg"]
     assert [e["async_job"]["status"] for e in events] == ["lost"]

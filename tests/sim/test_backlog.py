@@ -3,29 +3,18 @@ that follow one another at once, under the host's memory quota, with no event lo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from winasync_eda.source import run
 
 from harness.sim_thread import SimServerThread
+from tests.sim.source_on_sim import running_source, source_args
 from tests.waiting import async_wait_until
 from winsim.backlog import write_backlog
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 
 pytestmark = pytest.mark.sim
 PASSWORD = "Backlog-Passw0rd!"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 async def test_a_backlog_past_the_memory_quota_is_read_whole_in_budgeted_polls(
@@ -37,34 +26,20 @@ async def test_a_backlog_past_the_memory_quota_is_read_whole_in_budgeted_polls(
     host.attach_loop(sim.loop)
     names = write_backlog(host, 200, 40_000, rc_every=10)  # 8 MB: 40 + 10 x 8 MB > 96 MB
     ep = sim.add_host("backlog-win01", host, username="ansible", password=PASSWORD)
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    args = {
-        "hosts": [{"name": "win01", "address": ep.address, "port": ep.port}],
-        "username": "ansible",
-        "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "http",
+    args = source_args(
+        ep,
+        "win01",
+        PASSWORD,
         # a long interval: only the follow-up polls of a deferred backlog can read it in time
-        "interval": 600,
-        "read_timeout": 10,
-        "operation_timeout": 5,
-        "max_answer_bytes": 2 * 1024 * 1024,
-    }
-    events: list[dict[str, Any]] = []
-    task = asyncio.create_task(run(queue, args))
-    try:
-
-        def drained() -> bool:
-            while not queue.empty():
-                events.append(queue.get_nowait())
-            return len(events) >= len(names)
-
-        await async_wait_until(drained, 60, "an event for every job of the backlog")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sim.remove_host(ep.name)
+        interval=600,
+        read_timeout=10,
+        operation_timeout=5,
+        max_answer_bytes=2 * 1024 * 1024,
+    )
+    async with running_source(sim, ep, args) as events:
+        await async_wait_until(
+            lambda: len(events.drain()) >= len(names), 60, "an event for every job of the backlog"
+        )
     jobs = {e["async_job"]["jid"]: e["async_job"] for e in events}
     assert sorted(jobs) == names and len(events) == len(names)
     assert sum(1 for j in jobs.values() if j["status"] == "failed") == 20

@@ -3,28 +3,17 @@ the source decodes with it (it decoded every host as cp1252)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from winasync_eda.source import run
 
 from harness.sim_thread import SimServerThread
+from tests.sim.source_on_sim import running_source, source_args
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 
 pytestmark = pytest.mark.sim
 PASSWORD = "Cp-Passw0rd!"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 @pytest.mark.parametrize(
@@ -38,35 +27,11 @@ async def test_a_legacy_file_decodes_with_the_hosts_code_page(
     host.attach_loop(sim.loop)
     ep = sim.add_host(f"codepage-{codepage}", host, username="ansible", password=PASSWORD)
     jid = sim.call(_start(host, text))
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    args = {
-        "hosts": [{"name": host.name, "address": ep.address, "port": ep.port}],
-        "username": "ansible",
-        "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "http",
-        "interval": 0.3,
-        "read_timeout": 4,
-        "operation_timeout": 2,
-    }
-    events: list[dict[str, Any]] = []
-
-    def finished() -> list[dict[str, Any]]:
-        while not queue.empty():
-            events.append(queue.get_nowait())
-        return [e["async_job"] for e in events if e["async_job"]["status"] == "finished"]
-
-    task = asyncio.create_task(run(queue, args))
-    try:
-        await async_wait_until(finished, 20, "the finished event")
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sim.remove_host(ep.name)
+    async with running_source(sim, ep, source_args(ep, host.name, PASSWORD)) as events:
+        await async_wait_until(lambda: events.with_status("finished"), 20, "the finished event")
     data = host.jobs[jid].path.read_bytes()
     assert text.encode(f"cp{codepage}") in data  # written as 5.1's Set-Content writes it
-    (event,) = finished()
+    (event,) = events.with_status("finished")
     assert event["stdout"] == text
 
 

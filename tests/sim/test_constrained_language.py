@@ -4,35 +4,29 @@ script deployed on the host and run by path works there."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from winasync_eda.source import run
 from winasync_eda.transports import poll_wire
 
 from harness.sim_thread import SimServerThread
+from tests.sim.poll_params import poll_params
+from tests.sim.source_on_sim import SourceEvents, running_source, source_args
 from tests.waiting import async_wait_until
 from winsim.api import Command, PipelineRequest
 from winsim.host import SIGNATURE_BLOCK, SimHost
 from winsim.scripts import poll as twin
 from winsim.scripts.dispatch import execute
+from winsim.server import HostEndpoint
 
 pytestmark = pytest.mark.sim
 PASSWORD = "Clm-Passw0rd!"
 DEPLOYED = r"C:\ProgramData\winasync\poll.ps1"
-PARAMS: list[tuple[str | None, Any]] = [
-    ("AsyncDir", r"%USERPROFILE%\.ansible_async"),
-    ("Known", "{}"),
-    ("Pids", "[]"),
-    ("Only", "[]"),
-    ("MaxBytes", "1048576"),
-    ("MaxAnswer", "4194304"),
-]
+PARAMS = poll_params({"max_bytes": 1_048_576})
 CLM_ERROR = twin.UNSUPPORTED.format(mode="ConstrainedLanguage")
 
 
@@ -70,44 +64,17 @@ async def test_the_poll_fails_first_with_the_language_mode(tmp_path: Path) -> No
     assert not (await call(host, poll_wire.FUNCTION)).failed
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
-
-
 @contextlib.asynccontextmanager
-async def source(sim: SimServerThread, host: SimHost, **extra: Any) -> Any:
+async def source(
+    sim: SimServerThread, host: SimHost, **extra: Any
+) -> AsyncIterator[tuple[SourceEvents, HostEndpoint]]:
     name = f"clm-{host.name}-{time.monotonic_ns()}"
     ep = sim.add_host(name, host, username="ansible", password=PASSWORD)
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    args = {
-        "hosts": [{"name": host.name, "address": ep.address, "port": ep.port}],
-        "username": "ansible",
-        "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "http",
-        "interval": 0.2,
-        "backoff_max": 0.4,
-        "read_timeout": 4,
-        "operation_timeout": 2,
-        "host_events": True,
-        **extra,
-    }
-    task = asyncio.create_task(run(queue, args))
-    try:
-        yield queue, ep
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sim.remove_host(ep.name)
-
-
-def drain(queue: asyncio.Queue[Any], into: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    while not queue.empty():
-        into.append(queue.get_nowait())
-    return into
+    args = source_args(
+        ep, host.name, PASSWORD, interval=0.2, backoff_max=0.4, host_events=True, **extra
+    )
+    async with running_source(sim, ep, args) as events:
+        yield events, ep
 
 
 async def test_a_constrained_host_is_reported_unsupported_once_and_left_alone(
@@ -118,13 +85,12 @@ async def test_a_constrained_host_is_reported_unsupported_once_and_left_alone(
     host = SimHost("win01", tmp_path)
     host.language_mode = "ConstrainedLanguage"
     host.attach_loop(sim.loop)
-    events: list[dict[str, Any]] = []
-    async with source(sim, host) as (queue, ep):
-        await async_wait_until(lambda: drain(queue, events), 20, "a host event")
+    async with source(sim, host) as (events, ep):
+        await async_wait_until(events.drain, 20, "a host event")
         commands = ep.counters.by_action()["Command"].requests
         # at backoff_max 0.4 s this would be about ten more polls
         with contextlib.suppress(AssertionError):
-            await async_wait_until(lambda: drain(queue, events)[1:], 4, "no second event")
+            await async_wait_until(lambda: events.drain()[1:], 4, "no second event")
         assert ep.counters.by_action()["Command"].requests == commands
     (event,) = [e["async_host"] for e in events]
     assert event["status"] == "unsupported"
@@ -139,9 +105,8 @@ async def test_a_signed_deployed_script_run_by_path_reads_a_constrained_host(
     host.attach_loop(sim.loop)
     deploy(host, signed=True)
     jid = sim.call(_start(host))
-    events: list[dict[str, Any]] = []
-    async with source(sim, host, poll_script=DEPLOYED) as (queue, _):
-        await async_wait_until(lambda: drain(queue, events), 20, "the finished event")
+    async with source(sim, host, poll_script=DEPLOYED) as (events, _):
+        await async_wait_until(events.drain, 20, "the finished event")
     (event,) = events
     assert event["async_job"]["jid"] == jid
     assert event["async_job"]["status"] == "finished"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
 from winasync_eda.transports import poll_wire
 
 from tests.sim.conftest import FakeClock
+from tests.sim.poll_params import ASYNC_DIR, PollArgs, poll_params
 from tests.waiting import async_wait_until
 from winsim import jobfiles
 from winsim.api import Command, PipelineRequest, PipelineResult
@@ -25,7 +26,6 @@ pytestmark = pytest.mark.sim
 
 REPO = Path(__file__).resolve().parents[2]
 POLL_PS1 = REPO / "extensions/eda/winasync_eda/transports/poll.ps1"
-ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 
 
 @pytest.fixture
@@ -40,25 +40,10 @@ def poll_script() -> str:
 
 
 async def run_poll(
-    host: SimHost,
-    *,
-    known: dict[str, str] | None = None,
-    pids: list[int] | None = None,
-    only: list[str] | None = None,
-    max_bytes: int = 1_000_000,
-    max_answer: int = 4 * 1024 * 1024,
-    async_dir: str = ASYNC_DIR,
-    as_script: bool = False,
+    host: SimHost, *, as_script: bool = False, **args: Unpack[PollArgs]
 ) -> PipelineResult:
     """The client's form by default: a call of the function the define script made."""
-    params: list[tuple[str | None, Any]] = [
-        ("AsyncDir", async_dir),
-        ("Known", json.dumps(known or {})),
-        ("Pids", json.dumps(pids or [])),
-        ("Only", json.dumps(only or [])),
-        ("MaxBytes", str(max_bytes)),
-        ("MaxAnswer", str(max_answer)),
-    ]
+    params = poll_params(args)
     command = (
         Command(text=poll_script(), is_script=True, parameters=params)
         if as_script

@@ -221,14 +221,20 @@ def test_parameter_values_arrive_as_sent(
     assert endpoint.host.requests[-1].first.parameters == [("Value", value), (None, value)]
 
 
+def _held_pipeline(pool: RunspacePool, endpoint: HostEndpoint) -> PowerShell:
+    """A pipeline the stub keeps running (``Hold``) until ``endpoint.host.release`` is set."""
+    ps = PowerShell(pool)
+    ps.add_script("x").add_parameter("Hold", True)
+    ps.begin_invoke()
+    wait_until(endpoint.host.running.is_set, 10, "the pipeline to start")
+    return ps
+
+
 def test_receive_long_polls_until_the_pipeline_ends(
     sim: SimServerThread, endpoint: HostEndpoint
 ) -> None:
     with RunspacePool(_client(sim, endpoint, operation_timeout=1, read_timeout=4)) as pool:
-        ps = PowerShell(pool)
-        ps.add_script("x").add_parameter("Hold", True)
-        ps.begin_invoke()
-        wait_until(endpoint.host.running.is_set, 10, "the pipeline to start")
+        ps = _held_pipeline(pool, endpoint)
         # nothing to say within the operation timeout: pypsrp swallows the timeout fault
         ps.poll_invoke()
         assert ps.state == PSInvocationState.RUNNING
@@ -302,10 +308,7 @@ def test_stop_a_running_pipeline_keeps_the_pool_usable(
     sim: SimServerThread, endpoint: HostEndpoint
 ) -> None:
     with RunspacePool(_client(sim, endpoint)) as pool:
-        ps = PowerShell(pool)
-        ps.add_script("x").add_parameter("Hold", True)
-        ps.begin_invoke()
-        wait_until(endpoint.host.running.is_set, 10, "the pipeline to start")
+        ps = _held_pipeline(pool, endpoint)
         ps.stop()
         assert ps.state == PSInvocationState.STOPPED
         # ansible stops its previous, already completed pipeline the same way
@@ -454,12 +457,20 @@ def test_connection_dropped_mid_reply(sim: SimServerThread, endpoint: HostEndpoi
         assert endpoint.faults.hits(FaultKind.DROP) == 1
 
 
-def test_lost_shell_is_a_wsman_fault(sim: SimServerThread, endpoint: HostEndpoint) -> None:
+def _open_pool_then_fault(
+    sim: SimServerThread, endpoint: HostEndpoint, kind: FaultKind
+) -> tuple[RunspacePool, PowerShell]:
+    """An opened pool whose next request meets the fault ``kind``, and a pipeline to invoke."""
     pool = RunspacePool(_client(sim, endpoint))
     pool.open()
-    endpoint.faults.inject(FaultKind.SHELL_LOST, count=1)
+    endpoint.faults.inject(kind, count=1)
     ps = PowerShell(pool)
     ps.add_script("x")
+    return pool, ps
+
+
+def test_lost_shell_is_a_wsman_fault(sim: SimServerThread, endpoint: HostEndpoint) -> None:
+    pool, ps = _open_pool_then_fault(sim, endpoint, FaultKind.SHELL_LOST)
     with pytest.raises(WSManFaultError) as caught:
         ps.invoke()
     assert caught.value.code == ERROR_SHELL_NOT_FOUND
@@ -470,11 +481,7 @@ def test_lost_shell_is_a_wsman_fault(sim: SimServerThread, endpoint: HostEndpoin
 
 
 def test_broken_pool(sim: SimServerThread, endpoint: HostEndpoint) -> None:
-    pool = RunspacePool(_client(sim, endpoint))
-    pool.open()
-    endpoint.faults.inject(FaultKind.POOL_BROKEN, count=1)
-    ps = PowerShell(pool)
-    ps.add_script("x")
+    pool, ps = _open_pool_then_fault(sim, endpoint, FaultKind.POOL_BROKEN)
     with pytest.raises(InvalidPSRPOperation, match="broken"):
         ps.invoke()
     assert endpoint.open_shells == 0

@@ -3,32 +3,24 @@ certificate validation on, every status of the contract, faults and recovery."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from winasync_eda.source import run
 
 from harness.sim_thread import SimServerThread
+from tests.sim.source_on_sim import source_draining_into
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
 
 pytestmark = pytest.mark.sim
 PASSWORD = "S3cret-Pa55-never-logged"
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimServerThread]:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 @dataclass
@@ -70,7 +62,6 @@ async def watching(
         hosts[base], endpoints[base] = host, ep
         specs.append({"name": base, "address": ep.address, "port": ep.port})
     watched = Watched(sim, hosts, endpoints)
-    queue: asyncio.Queue[Any] = asyncio.Queue()
     source_args = {
         "hosts": specs,
         "username": "ansible",
@@ -85,21 +76,10 @@ async def watching(
         "poll_timeout": 10,
         **args,
     }
-    task = asyncio.create_task(run(queue, source_args))
-
-    async def drain() -> None:
-        while True:
-            watched.events.append(await queue.get())
-
-    drainer = asyncio.create_task(drain())
     try:
-        yield watched
+        async with source_draining_into(source_args, watched.events):
+            yield watched
     finally:
-        task.cancel()
-        drainer.cancel()
-        for t in (task, drainer):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
         for base, ep in endpoints.items():
             ep.faults.clear()
             sim.remove_host(ep.name)

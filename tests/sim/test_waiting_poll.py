@@ -7,11 +7,12 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import pytest
 
 from tests.sim.conftest import FakeClock
+from tests.sim.poll_params import PollArgs, poll_params
 from tests.waiting import async_wait_until
 from winsim.api import Command, PipelineRequest, PipelineResult
 from winsim.host import SimHost
@@ -20,7 +21,6 @@ from winsim.scripts.poll import FUNCTION
 
 pytestmark = pytest.mark.sim
 
-ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 # a deadline for a wait that should end by a change: far below the Wait given
 ANSWER_WITHIN_S = 5.0
 
@@ -32,25 +32,9 @@ def host(tmp_path: Path, clock: FakeClock) -> SimHost:
     return host
 
 
-async def call(
-    host: SimHost,
-    *,
-    wait: str = "0",
-    known: dict[str, str] | None = None,
-    pids: list[int] | None = None,
-    seen: dict[str, int | None] | None = None,
-    async_dir: str = ASYNC_DIR,
-) -> PipelineResult:
-    params: list[tuple[str | None, Any]] = [
-        ("AsyncDir", async_dir),
-        ("Known", json.dumps(known or {})),
-        ("Pids", json.dumps(pids or [])),
-        ("Only", "[]"),
-        ("MaxBytes", "1000000"),
-        ("MaxAnswer", str(4 * 1024 * 1024)),
-        ("Wait", wait),
-        ("Seen", json.dumps(seen or {})),
-    ]
+async def call(host: SimHost, **args: Unpack[PollArgs]) -> PipelineResult:
+    """A waiting poll (``wait`` "0" unless given)."""
+    params = poll_params({"wait": "0", **args})
     command = Command(text=FUNCTION, is_script=False, parameters=params)
     return await execute(host, PipelineRequest([command]))
 

@@ -25,7 +25,6 @@ from tests.paths import REPO
 from tests.sim.test_source_psrp import PASSWORD, watching
 from tests.waiting import async_wait_until, wait_until
 from winsim.host import SimHost
-from winsim.scripts.dispatch import execute
 from winsim.wsman import ERROR_QUOTA_MAX_SHELLS
 
 pytestmark = pytest.mark.sim
@@ -38,12 +37,6 @@ WATCH: dict[str, Any] = {
     "read_timeout": 30,
     "poll_timeout": 30,
 }
-
-
-@pytest.fixture(scope="module")
-def sim() -> Any:
-    with SimServerThread(execute) as server:
-        yield server
 
 
 @pytest.fixture(params=["aio", "pypsrp"])

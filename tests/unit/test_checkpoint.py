@@ -12,10 +12,16 @@ from tests.unit.fakes import FakeHost, Watching, finished
 from tests.waiting import async_wait_until
 
 
+def host_with_one_finished_job() -> FakeHost:
+    """A host ``win01`` whose async dir holds the file of one finished job, ``j1.1``."""
+    host = FakeHost("win01")
+    host.write("j1.1", finished("j1.1"))
+    return host
+
+
 async def test_restart_with_state_file_emits_neither_less_nor_more(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    a = FakeHost("win01")
-    a.write("j1.1", finished("j1.1"))
+    a = host_with_one_finished_job()
     async with Watching([a], state=state) as h1:
         await async_wait_until(lambda: len(h1.jobs()) == 1, 5, "first event")
     a.write("j2.2", finished("j2.2", failed=True, rc=1))  # finishes while the source is down
@@ -30,16 +36,21 @@ async def test_restart_with_state_file_emits_neither_less_nor_more(tmp_path: Pat
 
 async def test_checkpoint_forgets_jobs_whose_file_is_gone(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    a = FakeHost("win01")
-    a.write("j1.1", finished("j1.1"))
+    a = host_with_one_finished_job()
     async with Watching([a], state=state) as h:
         await async_wait_until(lambda: len(h.jobs()) == 1, 5, "event")
+        # the event leaves before its flush: the state file may not exist yet
+        await async_wait_until(lambda: "j1.1" in _delivered(state), 5, "recorded")
         a.remove("j1.1")
-        await async_wait_until(
-            lambda: "j1.1" not in json.loads(state.read_text())["delivered"].get("win01", {}),
-            5,
-            "pruned",
-        )
+        await async_wait_until(lambda: "j1.1" not in _delivered(state), 5, "pruned")
+
+
+def _delivered(state: Path, host: str = "win01") -> dict[str, object]:
+    """The jobs of one host in the state file; none while it is not written yet."""
+    if not state.exists():
+        return {}
+    delivered: dict[str, object] = json.loads(state.read_text())["delivered"].get(host, {})
+    return delivered
 
 
 async def test_stale_temp_file_of_a_killed_write_is_removed(tmp_path: Path) -> None:

@@ -40,6 +40,13 @@ def write(path: Path, text: str) -> str:
     return str(path)
 
 
+def write_w1(path: Path, variables: str) -> str:
+    """A YAML inventory of one host, ``w1``, with ``variables`` (YAML, one a line)."""
+    return write(
+        path, "all:\n  hosts:\n    w1:\n" + textwrap.indent(textwrap.dedent(variables), " " * 6)
+    )
+
+
 def error_of(args: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as info:
         parse_args(args)
@@ -224,17 +231,14 @@ def test_inventory_values_win_and_source_values_fill(tmp_path: Path) -> None:
 
 
 def test_source_connection_default_chooses_the_variables(tmp_path: Path) -> None:
-    inventory = write(
+    inventory = write_w1(
         tmp_path / "hosts.yml",
         """\
-        all:
-          hosts:
-            w1:
-              ansible_user: u
-              ansible_password: p
-              ansible_winrm_scheme: http
-              ansible_winrm_transport: ntlm
-              ansible_psrp_protocol: https
+        ansible_user: u
+        ansible_password: p
+        ansible_winrm_scheme: http
+        ansible_winrm_transport: ntlm
+        ansible_psrp_protocol: https
         """,
     )
     as_winrm = parse_args({"inventory": inventory, "connection": "winrm"}).hosts[0]
@@ -406,13 +410,10 @@ def test_unset_env_lookup_reads_as_missing_password(monkeypatch: pytest.MonkeyPa
 
 
 def test_template_error_names_host_and_variable(tmp_path: Path) -> None:
-    inventory = write(
+    inventory = write_w1(
         tmp_path / "hosts.yml",
         """\
-        all:
-          hosts:
-            w1:
-              ansible_user: "{{ no_such_variable }}"
+        ansible_user: "{{ no_such_variable }}"
         """,
     )
     message = error_of({"inventory": inventory})
@@ -441,13 +442,10 @@ def test_unreadable_inventory_names_inventory(
 
 
 def test_unparsable_inventory_names_inventory_without_content(tmp_path: Path) -> None:
-    inventory = write(
+    inventory = write_w1(
         tmp_path / "broken.yml",
         f"""\
-        all:
-          hosts:
-            w1:
-              ansible_password: {PASSWORD}: oops
+        ansible_password: {PASSWORD}: oops
         """,
     )
     message = error_of({"inventory": inventory})
@@ -562,14 +560,11 @@ def test_lookup_from_a_collection(tmp_path: Path) -> None:
                 return ["from-collection-" + term for term in terms]
         """,
     )
-    inventory = write(
+    inventory = write_w1(
         tmp_path / "hosts.yml",
         """\
-        all:
-          hosts:
-            w1:
-              ansible_user: u
-              ansible_password: "{{ lookup('testns.creds.vault_pw', 'w1') }}"
+        ansible_user: u
+        ansible_password: "{{ lookup('testns.creds.vault_pw', 'w1') }}"
         """,
     )
     result = run_fresh(

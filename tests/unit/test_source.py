@@ -19,9 +19,7 @@ async def test_cancel_closes_every_transport_and_flushes(tmp_path: Path) -> None
     hosts[0].write("j1.1", finished("j1.1"))
     made: list[FakeTransport] = []
 
-    def fake_transport(
-        h: Any, cfg: Any, executor: Any = None, http: Any = None
-    ) -> FakeTransport:
+    def fake_transport(h: Any, cfg: Any, executor: Any = None, http: Any = None) -> FakeTransport:
         t = FakeTransport(next(x for x in hosts if x.name == h.name))
         made.append(t)
         return t

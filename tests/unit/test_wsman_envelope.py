@@ -106,7 +106,9 @@ def test_a_reply_must_relate_to_its_request() -> None:
 
 def test_the_created_shell_id_is_read_back() -> None:
     reply = envelope(
-        "r", "uuid:1", f'<rsp:Shell xmlns:rsp="{NS_RSP}"><rsp:ShellId>{SHELL}</rsp:ShellId></rsp:Shell>'
+        "r",
+        "uuid:1",
+        f'<rsp:Shell xmlns:rsp="{NS_RSP}"><rsp:ShellId>{SHELL}</rsp:ShellId></rsp:Shell>',
     )
     assert created_shell_id(parse_reply(reply, "uuid:1")) == SHELL
     with pytest.raises(EnvelopeError, match="no ShellId"):

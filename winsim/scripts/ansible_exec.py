@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from winsim.api import PipelineRequest, PipelineResult
-from winsim.jobfiles import UTF8_BOM, convert_to_json
+from winsim.jobfiles import UTF8_BOM, convert_to_json, json_object
 from winsim.jobs import JobSpec, Outcome, start
 
 if TYPE_CHECKING:
@@ -62,13 +62,7 @@ def _line(value: Any) -> str | None:
 
 
 def _json_object(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return None if text is None else json_object(text)
 
 
 def parse_exec_payload(request: PipelineRequest) -> ExecPayload | None:

@@ -125,28 +125,20 @@ async def run_poll(
     mode = language_mode or host.language_mode
     if mode != "FullLanguage":  # the script's first check, before any method call
         return PipelineResult.failure(UNSUPPORTED.format(mode=mode))
+    state = _bound(params, "AsyncDir", "Known", "Pids", "Only")
     try:
-        await wait_for_change(
-            host,
-            async_dir=_param(params, "AsyncDir"),
-            known=_param(params, "Known"),
-            pids=_param(params, "Pids"),
-            only=_param(params, "Only"),
-            wait=_param(params, "Wait"),
-            seen=_param(params, "Seen"),
-        )
-        answer = poll(
-            host,
-            async_dir=_param(params, "AsyncDir"),
-            known=_param(params, "Known"),
-            pids=_param(params, "Pids"),
-            only=_param(params, "Only"),
-            max_bytes=_param(params, "MaxBytes"),
-            max_answer=_param(params, "MaxAnswer"),
-        )
+        await wait_for_change(host, **state, **_bound(params, "Wait", "Seen"))
+        answer = poll(host, **state, **_bound(params, "MaxBytes", "MaxAnswer"))
     except (PollScriptError, MemoryQuotaExceededError) as exc:
         return PipelineResult.failure(str(exc))
     return PipelineResult(output=[convert_to_json(answer, edition=host.ps_edition)])
+
+
+def _bound(params: Mapping[str, Any], *names: str) -> dict[str, str]:
+    """The script's parameters as the twin's keyword arguments: ``MaxBytes`` binds ``max_bytes``."""
+    return {
+        re.sub(r"(?<=[a-z])(?=[A-Z])", "_", name).lower(): _param(params, name) for name in names
+    }
 
 
 def _param(params: Mapping[str, Any], name: str) -> str:

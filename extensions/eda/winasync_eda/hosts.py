@@ -48,6 +48,7 @@ HOST_CHECKS: Mapping[str, Callable[[Any, str], Any]] = {
     "operation_timeout": checks.seconds,
     "certificate_pem": checks.file_path,
     "certificate_key_pem": checks.file_path,
+    "negotiate_hostname_override": checks.text,
     "address": checks.text,
     "message_encryption": checks.choice(ENCRYPTIONS, "message encryption"),
 }

@@ -42,6 +42,7 @@ _PSRP_VARS: dict[str, tuple[str, ...]] = {
     "operation_timeout": ("ansible_psrp_operation_timeout",),
     "certificate_pem": ("ansible_psrp_certificate_pem",),
     "certificate_key_pem": ("ansible_psrp_certificate_key_pem",),
+    "negotiate_hostname_override": ("ansible_psrp_negotiate_hostname_override",),
     "message_encryption": ("ansible_psrp_message_encryption",),
     "async_dir": ("ansible_async_dir",),
 }

@@ -67,6 +67,11 @@ class HostSettings:
     operation_timeout: float = 20.0
     certificate_pem: str | None = None
     certificate_key_pem: str | None = None
+    # Kerberos: the host name of the SPN (HTTP/<name>) when the address is not that name
+    negotiate_hostname_override: str | None = None
+    # an encrypted session (HTTP) idle this long is replaced before the next poll: HTTP.sys
+    # closes idle connections after 120 s, and pypsrp cannot carry the session to a new one
+    sealed_idle_s: float = 100.0
     # not source arguments: a proxy URL may carry user:password
     proxy: str | None = field(default=None, repr=False)
     no_proxy: bool = False
@@ -147,6 +152,13 @@ class HostSettings:
         return self.protocol == "https"
 
     @property
+    def seals_messages(self) -> bool:
+        """Whether pypsrp encrypts each message with the auth context (WinRM over HTTP)."""
+        if self.encryption == "always":
+            return True
+        return self.protocol == "http" and self.encryption == "auto"
+
+    @property
     def effective_port(self) -> int:
         if self.port is not None:
             return self.port
@@ -173,6 +185,8 @@ class HostSettings:
             "reconnection_retries": self.reconnection_retries,
             "reconnection_backoff": self.reconnection_backoff,
         }
+        if self.negotiate_hostname_override and self.auth in WRAPPING_AUTHS:
+            kwargs["negotiate_hostname_override"] = self.negotiate_hostname_override
         if self.auth == "certificate":
             kwargs["certificate_pem"] = self.certificate_pem
             kwargs["certificate_key_pem"] = self.certificate_key_pem

@@ -208,6 +208,10 @@ options:
   certificate_key_pem:
     description: Key of the client certificate for C(auth=certificate).
     type: str
+  negotiate_hostname_override:
+    description: The host name in the Kerberos SPN (C(HTTP/<name>)) when the address is not
+      that name (inventory C(ansible_psrp_negotiate_hostname_override)).
+    type: str
   host_events:
     description: Also emit C(async_host) events when a host becomes unreachable or recovers.
     type: bool

@@ -111,6 +111,8 @@ class PsrpTransport:
         # it to delete the shell from aside while a waiting poll holds the pool
         self._shell_ref: tuple[str, str] | None = None
         self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
+        # when the host last answered a poll (an encrypted session idle too long is rebuilt)
+        self._last_answer = time.monotonic()
 
     def __repr__(self) -> str:
         return f"PsrpTransport({self.settings.name!r})"
@@ -209,7 +211,7 @@ class PsrpTransport:
         self, parameters: Mapping[str, str], deadline: float, park: bool = False
     ) -> Snapshot:
         try:
-            snapshot = self._invoke(parameters, deadline, park)
+            snapshot = self._invoke_once_more_if_stale(parameters, deadline, park)
         except Exception as exc:  # every failure becomes a TransportError
             error = self._translate(exc)
         else:
@@ -219,6 +221,68 @@ class PsrpTransport:
         self._discard_pool()
         # raised outside the except block: no chained cause or context can carry the original text
         raise error
+
+    def _invoke_once_more_if_stale(
+        self, parameters: Mapping[str, str], deadline: float, park: bool
+    ) -> Snapshot:
+        """``_invoke``, again on a new pool when the host closed an encrypted session's connection.
+
+        Windows (HTTP.sys) closes a keep-alive connection idle for 120 s. pypsrp then logs on
+        again on a new connection but still seals the body for the old context, and the host
+        answers 500: every later request of that session fails. The session cannot be saved:
+        a session idle longer than ``sealed_idle_s`` is replaced before the poll, and one that
+        fails this way anyway (the host closed the connection for another reason) is replaced
+        at once, within this poll's deadline, and the poll goes on.
+        """
+        idle = time.monotonic() - self._last_answer
+        if (
+            self._pool is not None
+            and self.settings.seals_messages
+            and idle > self.settings.sealed_idle_s
+        ):
+            # the host has most likely closed the connection: start over without a request
+            # that would fail (the old shell is deleted once the new session answers)
+            LOGGER.debug(
+                "%s: the encrypted session was idle %.0f s; opening a new pool",
+                self.settings.name,
+                idle,
+            )
+            self._forget_pool()
+        reused = self._pool is not None
+        try:
+            snapshot = self._invoke(parameters, deadline, park)
+        except (WinRMTransportError, requests.exceptions.ConnectionError) as exc:
+            if not (reused and self.settings.seals_messages) or time.monotonic() >= deadline:
+                raise
+            LOGGER.debug(
+                "%s: the encrypted session broke (%s); opening a new pool",
+                self.settings.name,
+                type(exc).__name__,
+            )
+            self._forget_pool()
+            snapshot = self._invoke(parameters, deadline, park)
+        self._last_answer = time.monotonic()
+        return snapshot
+
+    def _forget_pool(self) -> None:
+        """Drop a pool whose session cannot be used any more, without a request: its shell is
+        deleted later, over the next session that works."""
+        pool, wsman = self._pool, self._wsman
+        self._pool = self._wsman = None
+        self._shell_ref = None
+        shell = pool.shell if pool is not None else None
+        if (
+            shell is not None
+            and shell.opened
+            and shell.id
+            and len(self._abandoned) < _MAX_ABANDONED
+        ):
+            self._abandoned[str(shell.id)] = shell.resource_uri
+        if wsman is not None:
+            try:
+                wsman.close()  # the local HTTP session only
+            except Exception as exc:
+                self._debug_failure("closing the session", exc)
 
     def _invoke(self, parameters: Mapping[str, str], deadline: float, park: bool) -> Snapshot:
         if self._closed:  # close() ran while this poll waited for the lock
@@ -386,8 +450,10 @@ def _classify(exc: Exception) -> tuple[str, type[TransportError]]:
     for exc_type, kind in kinds:
         if isinstance(exc, exc_type):
             return kind, AuthenticationFailed if exc_type is AuthenticationError else TransportError
-    if type(exc).__module__.split(".")[0] == "spnego":
-        # no usable credentials or Kerberos ticket: as lasting as a refused password
+    if type(exc).__module__.split(".")[0] in ("spnego", "krb5", "gssapi"):
+        # no usable credentials or Kerberos ticket (a wrong password is refused by the KDC,
+        # before any request reaches the host): as lasting as a refused password, and retrying
+        # it quickly would lock the account out just the same
         return "negotiate error", AuthenticationFailed
     return f"unexpected {type(exc).__name__}", TransportError
 
