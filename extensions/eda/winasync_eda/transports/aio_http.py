@@ -15,13 +15,13 @@ import asyncio
 import base64
 import os
 import ssl
-import urllib.request
 from asyncio import sslproto
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 import aiohttp
+import requests.utils
 
 from ..settings import HostSettings
 
@@ -211,13 +211,10 @@ def _default_ca_bundle() -> str | None:
 
 
 def _proxy_for(settings: HostSettings, url: str) -> str | None:
-    """The host's proxy, else the environment's (as requests does), unless ``no_proxy``."""
+    """The host's proxy, else the environment's as requests (so pypsrp) finds it, unless
+    ``no_proxy``."""
     if settings.proxy:
         return settings.proxy
     if settings.no_proxy:
         return None
-    proxies = urllib.request.getproxies_environment()
-    host = url.split("://", 1)[1].split("/", 1)[0]
-    if not proxies or urllib.request.proxy_bypass_environment(host, proxies):
-        return None
-    return proxies.get(settings.protocol)
+    return requests.utils.get_environ_proxies(url).get(settings.protocol)

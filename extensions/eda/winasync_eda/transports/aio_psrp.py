@@ -233,17 +233,12 @@ class AioPsrpTransport:
         )
         pool = _Pool(psrp, created_shell_id(body))
         self._pool = pool
+        # the host answers with its capability, its data and the pool's state: Opened, or
+        # Broken (_events raises); the deadline bounds a host that says nothing
         while psrp.state != RunspacePoolState.Opened:
             got = await self._receive(pool, None, self._op_timeout(deadline))
-            if got is None:
-                continue
-            for event in self._events(pool, got[0], None):
-                if isinstance(event, RunspacePoolStateEvent) and event.state != (
-                    RunspacePoolState.Opened
-                ):
-                    raise _PoolError(f"the runspace pool did not open: {event.state.name}")
-            if got[1] and psrp.state != RunspacePoolState.Opened:
-                raise _PoolError("the runspace pool did not open")
+            if got is not None:
+                self._events(pool, got[0], None)
         if not self.poll_script:
             define = ClientPowerShell(pool.psrp)
             define.add_script(DEFINE_SCRIPT, use_local_scope=True)
