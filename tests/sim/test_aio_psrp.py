@@ -188,19 +188,26 @@ async def test_tls_validation_is_on_by_default(
     assert ep.counters.get("Create").requests == 0
 
 
+async def waiting_poll(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> tuple[AioPsrpTransport, asyncio.Task[Snapshot | TransportError]]:
+    """A transport whose poll waits on the host (50 s; its Receive parked for 55 s)."""
+    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
+    transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
+    waiting = asyncio.create_task(outcome(transport, PollRequest(ASYNC_DIR, wait_s=50.0)))
+    await async_wait_until(lambda: ep.host.waiting_polls == 1, 20, "a waiting pipeline")
+    return transport, waiting
+
+
 async def test_cancelling_a_waiting_poll_then_closing_ends_its_pipeline_at_once(
     sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost: SimHost = ep.host
-    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
-    transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
-    waiting = asyncio.create_task(transport.poll(PollRequest(ASYNC_DIR, wait_s=50.0)))
-    await async_wait_until(lambda: simhost.waiting_polls == 1, 20, "a waiting pipeline")
+    transport, waiting = await waiting_poll(sim, ep, http)
     started = time.monotonic()
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     await transport.close()
-    await async_wait_until(lambda: simhost.waiting_polls == 0, 5, "the pipeline ended")
+    await async_wait_until(lambda: ep.host.waiting_polls == 0, 5, "the pipeline ended")
     assert ep.open_shells == 0
     assert time.monotonic() - started < 5
     assert ep.counters.get("Delete").requests == 1
@@ -209,14 +216,10 @@ async def test_cancelling_a_waiting_poll_then_closing_ends_its_pipeline_at_once(
 async def test_close_ends_a_poll_that_still_waits(
     sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    simhost: SimHost = ep.host
-    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
-    transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
-    waiting = asyncio.create_task(outcome(transport, PollRequest(ASYNC_DIR, wait_s=50.0)))
-    await async_wait_until(lambda: simhost.waiting_polls == 1, 20, "a waiting pipeline")
+    transport, waiting = await waiting_poll(sim, ep, http)
     await transport.close()
     # the Delete ended the pipeline, and so the parked Receive: the poll fails at once
     failed = await asyncio.wait_for(waiting, 5)
     assert isinstance(failed, TransportError)
-    assert simhost.waiting_polls == 0
+    assert ep.host.waiting_polls == 0
     assert ep.open_shells == 0

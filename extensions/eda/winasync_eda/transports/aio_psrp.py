@@ -5,7 +5,7 @@ starved the source (README, "Where watch mode misses"). Here a parked Receive is
 awaiting an aiohttp response: the PSRP messages come from psrpcore (sans-IO: the same library
 the simulated host runs on), the WS-Management envelopes from ``wsman_envelope``, the HTTP from
 ``aio_http``. What goes over the wire (the poll script, its parameters, its answer) is
-``poll_wire``, exactly as for ``psrp.PsrpTransport``; failures are told by ``psrp_failures`` in
+``poll_wire``, exactly as for ``psrp.PsrpTransport``; failures are told by ``psrp_common`` in
 the same kinds, so the scheduler cannot tell the two backends apart.
 
 One runspace pool (a WinRM shell) per host, one runspace in it; the poll script is defined in it
@@ -42,10 +42,11 @@ from ..settings import HostSettings
 from .aio_http import Endpoint, HttpClient, HttpFailure
 from .base import PollRequest, Snapshot, TransportError
 from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, build_parameters, parse_answer
-from .psrp_failures import (
+from .psrp_common import (
     ClosedError,
     DeadlineError,
     PipelineFailedError,
+    check_arguments,
     first_error,
     transport_error,
 )
@@ -119,13 +120,7 @@ class AioPsrpTransport:
         poll_script: str | None = None,
         idle_timeout: int | None = None,
     ) -> None:
-        if call_deadline_s <= 0:
-            raise ValueError(f"host {settings.name!r}: call_deadline_s must be positive")
-        if idle_timeout is not None and idle_timeout < 60:
-            raise ValueError(
-                f"host {settings.name!r}: idle_timeout must be at least 60 seconds "
-                "(the endpoint's minimum)"
-            )
+        check_arguments(settings.name, call_deadline_s, idle_timeout)
         self.settings = settings
         self.call_deadline_s = call_deadline_s
         self.poll_script = poll_script

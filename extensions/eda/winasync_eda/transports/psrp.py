@@ -38,7 +38,7 @@ from ..secret import secret_forms
 from ..settings import HostSettings
 from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
 from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, build_parameters, parse_answer
-from .psrp_failures import first_error, transport_error
+from .psrp_common import check_arguments, first_error, transport_error
 
 LOGGER = logging.getLogger(__name__)
 # pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
@@ -79,13 +79,7 @@ class PsrpTransport:
         poll_script: str | None = None,
         idle_timeout: int | None = None,
     ) -> None:
-        if call_deadline_s <= 0:
-            raise ValueError(f"host {settings.name!r}: call_deadline_s must be positive")
-        if idle_timeout is not None and idle_timeout < 60:
-            raise ValueError(
-                f"host {settings.name!r}: idle_timeout must be at least 60 seconds "
-                "(the endpoint's minimum)"
-            )
+        check_arguments(settings.name, call_deadline_s, idle_timeout)
         self.settings = settings
         # the deadline of one poll (the source's poll_timeout)
         self.call_deadline_s = call_deadline_s

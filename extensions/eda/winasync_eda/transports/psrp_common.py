@@ -1,4 +1,5 @@
-"""How a failed PSRP poll is told, whichever client ran it (pypsrp's threads or asyncio's).
+"""What the two PSRP backends (pypsrp's threads, ``psrp``; asyncio's, ``aio_psrp``) share: how
+a failed poll is told, and the rules of their arguments.
 
 Both backends name a failure by the same kinds ("connection error", "WSMan fault",
 "authentication failed", "pipeline failed", ...) and raise the same classes from ``base``, so
@@ -55,3 +56,13 @@ def first_error(texts: Sequence[str], state: object) -> str:
         return f"pipeline state {state}"
     more = f" (and {len(texts) - 1} more)" if len(texts) > 1 else ""
     return texts[0] + more
+
+
+def check_arguments(host: str, call_deadline_s: float, idle_timeout: int | None) -> None:
+    """A transport's own arguments (not the host's settings): ValueError when out of range."""
+    if call_deadline_s <= 0:
+        raise ValueError(f"host {host!r}: call_deadline_s must be positive")
+    if idle_timeout is not None and idle_timeout < 60:
+        raise ValueError(
+            f"host {host!r}: idle_timeout must be at least 60 seconds (the endpoint's minimum)"
+        )
