@@ -103,6 +103,11 @@ class FastRunspacePool(ClientRunspacePool):
         )
         ps.state = PSInvocationState.Running
 
+    def _process_ApplicationPrivateData(self, event: Any) -> None:  # noqa: N802 - psrpcore's name
+        super()._process_ApplicationPrivateData(event)
+        # the host's PSVersionTable and the like, never read here: kept, it cost RSS per host
+        self.application_private_data = {}
+
     def _process_message(self, message: Any) -> PSRPEvent[Any, Any]:
         ps_object = _read_simple(message.message_type, bytes(message.data))
         if ps_object is None or message.pipeline_id not in self.pipeline_table:
