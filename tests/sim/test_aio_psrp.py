@@ -6,6 +6,7 @@ that ends a waiting pipeline at once."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from winsim.server import HostEndpoint
 pytestmark = pytest.mark.sim
 PASSWORD = "Aio-S3cret-never-logged"
 ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
-_names = iter(range(10_000))
+_names = itertools.count()
 
 
 @pytest.fixture
@@ -103,7 +104,8 @@ async def test_the_same_answer_as_pypsrp(
 ) -> None:
     simhost: SimHost = ep.host
     jid = simhost.start_job("finished", 0.1, stdout="héllo")
-    await async_wait_until(lambda: simhost.jobs[jid].ended.is_set(), 10, "the job's end")
+    ended = simhost.jobs[jid].ended
+    await async_wait_until(ended.is_set, 10, "the job's end")
     answers = {}
     for name, transport in transports(sim, ep, http).items():
         try:

@@ -161,11 +161,12 @@ class AioPsrpTransport:
         deadline = time.monotonic() + self.call_deadline_s + max(0.0, request.wait_s)
         park = request.wait_s > 0
         async with self._lock:
+            error: Exception = DeadlineError("no answer within the call deadline")
             try:
                 async with asyncio.timeout_at(_loop_time(deadline)):
                     return await self._invoke(parameters, deadline, park)
             except TimeoutError:
-                error: Exception = DeadlineError("no answer within the call deadline")
+                pass  # the deadline above
             except asyncio.CancelledError:
                 # a pipeline may be running (a parked Receive): the pool cannot take another
                 # one, so it goes, and its Delete ends the pipeline on the host
