@@ -19,7 +19,7 @@ async def test_cancel_closes_every_transport_and_flushes(tmp_path: Path) -> None
     hosts[0].write("j1.1", finished("j1.1"))
     made: list[FakeTransport] = []
 
-    def fake_transport(h: Any, cfg: Any, executor: Any = None) -> FakeTransport:
+    def fake_transport(h: Any, cfg: Any, executor: Any = None, http: Any = None) -> FakeTransport:
         t = FakeTransport(next(x for x in hosts if x.name == h.name))
         made.append(t)
         return t
@@ -50,3 +50,62 @@ async def test_cancel_closes_every_transport_and_flushes(tmp_path: Path) -> None
         mp.undo()
     assert [h.closed for h in hosts] == [1, 1]
     assert "j1.1" in state.read_text()
+
+
+@pytest.mark.parametrize(
+    ("changes", "mode", "env", "expected"),
+    [
+        ({"auth": "basic", "protocol": "https"}, "watch", None, "aio"),
+        ({"auth": "basic", "protocol": "http", "encryption": "never"}, "watch", None, "aio"),
+        ({"auth": "basic", "protocol": "https"}, "watch", "aio", "aio"),
+        ({"auth": "basic", "protocol": "https"}, "watch", "pypsrp", "pypsrp"),
+        ({"auth": "basic", "protocol": "https"}, "poll", None, "pypsrp"),
+        ({"auth": "ntlm"}, "watch", None, "pypsrp"),
+        ({"auth": "negotiate"}, "watch", "aio", "pypsrp"),
+        ({"auth": "kerberos"}, "watch", None, "pypsrp"),
+        ({"auth": "credssp"}, "watch", None, "pypsrp"),
+    ],
+)
+def test_watch_mode_runs_on_asyncio_where_it_supports_the_auth(
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, Any],
+    mode: str,
+    env: str | None,
+    expected: str,
+) -> None:
+    from winasync_eda import source
+    from winasync_eda.config import parse_args
+
+    from tests.unit.fakes import settings
+
+    if env is None:
+        monkeypatch.delenv(source.BACKEND_ENV, raising=False)
+    else:
+        monkeypatch.setenv(source.BACKEND_ENV, env)
+    cfg = parse_args({"hosts": [{"name": "me", "connection": "local"}], "mode": mode})
+    backend, why = source.psrp_backend(settings(**changes), cfg)
+    assert backend == expected, why
+    if expected == "pypsrp" and mode == "watch" and env != "pypsrp":
+        assert changes["auth"] in why
+
+
+async def test_the_chosen_backend_builds_the_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    from winasync_eda import source
+    from winasync_eda.config import parse_args
+    from winasync_eda.transports.aio_http import HttpClient
+    from winasync_eda.transports.aio_psrp import AioPsrpTransport
+    from winasync_eda.transports.psrp import PsrpTransport
+
+    from tests.unit.fakes import settings
+
+    monkeypatch.delenv(source.BACKEND_ENV, raising=False)
+    cfg = parse_args({"hosts": [{"name": "me", "connection": "local"}], "mode": "watch"})
+    http = HttpClient()
+    try:
+        basic = source.make_transport(settings(auth="basic", protocol="https"), cfg, None, http)
+        ntlm = source.make_transport(settings(auth="ntlm"), cfg, None, http)
+    finally:
+        await http.close()
+    assert isinstance(basic, AioPsrpTransport)
+    assert basic.idle_timeout == source.IDLE_TIMEOUT_S
+    assert isinstance(ntlm, PsrpTransport)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import Checkpoint
 from .checkpoint_pg import PostgresStore
@@ -23,6 +25,9 @@ from .tracker import HostTracker
 from .transports.base import Transport
 from .transports.local import LocalTransport
 
+if TYPE_CHECKING:
+    from .transports.aio_http import HttpClient
+
 LOGGER = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 15.0
 # the shells' idle timeout: a source killed without closing its pools leaves each host's shell
@@ -30,12 +35,52 @@ CLOSE_TIMEOUT_S = 15.0
 IDLE_TIMEOUT_S = 180
 
 
+# which PSRP client carries watch mode: auto (asyncio where it supports the host's auth),
+# pypsrp (a thread per waiting poll, as before), aio (asyncio where it can, else pypsrp)
+BACKEND_ENV = "WINASYNC_EDA_WATCH_BACKEND"
+
+
+def psrp_backend(host: HostSettings, cfg: SourceConfig) -> tuple[str, str]:
+    """("aio" or "pypsrp", why): the one place that picks a host's PSRP client.
+
+    Watch mode parks a Receive per host for up to a minute: on pypsrp (synchronous) that is a
+    thread per host, on the asyncio client a coroutine. The asyncio client speaks Basic and
+    client certificates; the auths that wrap messages (negotiate, ntlm, kerberos, credssp)
+    stay on pypsrp. Poll mode stays on pypsrp: a poll holds its thread only while it runs."""
+    if cfg.mode != "watch":
+        return "pypsrp", "poll mode"
+    if os.environ.get(BACKEND_ENV, "auto").strip().lower() == "pypsrp":
+        return "pypsrp", f"{BACKEND_ENV}=pypsrp"
+    try:
+        from .transports.aio_http import supports
+    except ImportError as exc:  # aiohttp or psrpcore missing from an older environment
+        return "pypsrp", f"{exc.name} is not installed"
+    unsupported = supports(host)
+    if unsupported is not None:
+        return "pypsrp", f"{unsupported} needs pypsrp"
+    return "aio", "asyncio"
+
+
 def make_transport(
-    host: HostSettings, cfg: SourceConfig, executor: ThreadPoolExecutor | None = None
+    host: HostSettings,
+    cfg: SourceConfig,
+    executor: ThreadPoolExecutor | None = None,
+    http: HttpClient | None = None,
 ) -> Transport:
-    """The transport for one host (PSRP unless ``connection: local``)."""
+    """The transport for one host (PSRP unless ``connection: local``); ``http``: the shared
+    session of the asyncio client, for the hosts ``psrp_backend`` gives it."""
     if host.connection == "local":
         return LocalTransport(host.name)
+    if http is not None and psrp_backend(host, cfg)[0] == "aio":
+        from .transports.aio_psrp import AioPsrpTransport
+
+        return AioPsrpTransport(
+            host,
+            cfg.poll_timeout,
+            http,
+            poll_script=cfg.poll_script,
+            idle_timeout=idle_timeout(cfg),
+        )
     from .transports.psrp import PsrpTransport
 
     return PsrpTransport(
@@ -74,11 +119,17 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         feedback_queue=cfg.feedback_queue,
     )
     lost_after_ms = None if cfg.lost_after is None else int(cfg.lost_after * 1000)
+    backends = _backends(cfg)
+    http = None
+    if "aio" in backends.values():
+        from .transports.aio_http import HttpClient
+
+        http = HttpClient()
     # pypsrp blocks: each poll in flight holds a thread, and a host stuck inside one pypsrp call
     # holds its thread until that call returns. The source's own pool, sized for
-    # max_concurrency (in watch mode, plus one per host: each has a waiting poll parked in a
-    # thread), leaves the engine's default executor alone.
-    watching = len(cfg.hosts) if cfg.mode == "watch" else 0
+    # max_concurrency (in watch mode, plus one per pypsrp host: each has a waiting poll parked
+    # in a thread), leaves the engine's default executor alone.
+    watching = sum(1 for b in backends.values() if b == "pypsrp") if cfg.mode == "watch" else 0
     executor = ThreadPoolExecutor(
         cfg.max_concurrency + watching + 8, thread_name_prefix="async_jobs-psrp"
     )
@@ -86,7 +137,7 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         HostSlot(
             name=h.name,
             async_dir=h.async_dir,
-            transport=make_transport(h, cfg, executor),
+            transport=make_transport(h, cfg, executor, http),
             tracker=HostTracker(h.name, only=cfg.jids, lost_after_ms=lost_after_ms),
         )
         for h in cfg.hosts
@@ -130,6 +181,29 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     finally:
         await asyncio.shield(_shutdown(slots, delivery))
         executor.shutdown(wait=False, cancel_futures=True)
+        if http is not None:
+            await asyncio.shield(http.close())
+
+
+def _backends(cfg: SourceConfig) -> dict[str, str]:
+    """Each PSRP host's client (``psrp_backend``), logged once as a count per client and why."""
+    backends: dict[str, str] = {}
+    why: Counter[tuple[str, str]] = Counter()
+    for host in cfg.hosts:
+        if host.connection == "psrp":
+            backend, reason = psrp_backend(host, cfg)
+            backends[host.name] = backend
+            why[(backend, reason)] += 1
+    if cfg.mode == "watch" and why:
+        LOGGER.info(
+            "watch mode PSRP clients: %s",
+            "; ".join(
+                f"{count} hosts on {'asyncio' if backend == 'aio' else 'pypsrp threads'}"
+                + ("" if backend == "aio" else f" ({reason})")
+                for (backend, reason), count in sorted(why.items())
+            ),
+        )
+    return backends
 
 
 async def _shutdown(slots: list[HostSlot], delivery: Delivery) -> None:

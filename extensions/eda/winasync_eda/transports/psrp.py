@@ -34,17 +34,11 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import SelectorSet, WSMan
 
-from ..secret import scrub, secret_forms
+from ..secret import secret_forms
 from ..settings import HostSettings
-from .base import AuthenticationFailed, HostUnsupported, PollRequest, Snapshot, TransportError
-from .poll_wire import (
-    DEFINE_SCRIPT,
-    FUNCTION,
-    BadAnswerError,
-    build_parameters,
-    parse_answer,
-    unsupported_reason,
-)
+from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
+from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, build_parameters, parse_answer
+from .psrp_common import check_arguments, first_error, transport_error
 
 LOGGER = logging.getLogger(__name__)
 # pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
@@ -85,13 +79,7 @@ class PsrpTransport:
         poll_script: str | None = None,
         idle_timeout: int | None = None,
     ) -> None:
-        if call_deadline_s <= 0:
-            raise ValueError(f"host {settings.name!r}: call_deadline_s must be positive")
-        if idle_timeout is not None and idle_timeout < 60:
-            raise ValueError(
-                f"host {settings.name!r}: idle_timeout must be at least 60 seconds "
-                "(the endpoint's minimum)"
-            )
+        check_arguments(settings.name, call_deadline_s, idle_timeout)
         self.settings = settings
         # the deadline of one poll (the source's poll_timeout)
         self.call_deadline_s = call_deadline_s
@@ -412,14 +400,15 @@ class PsrpTransport:
     def _translate(self, exc: Exception) -> TransportError:
         """A TransportError naming the host and the kind of failure, with a scrubbed text."""
         kind, cls = _classify(exc)
-        text = scrub(_exception_text(exc), self._secrets)
-        message = f"{self.settings.name}: {kind}" + (f": {text}" if text else "")
-        level = logging.WARNING if kind.startswith("unexpected") else logging.DEBUG
-        LOGGER.log(level, "PSRP poll failed: %s", message)
-        reason = unsupported_reason(text) if isinstance(exc, _PipelineFailedError) else None
-        if reason is not None:
-            return HostUnsupported(f"{self.settings.name}: unsupported: {reason}", reason)
-        return cls(message)
+        return transport_error(
+            self.settings.name,
+            kind,
+            _exception_text(exc),
+            self._secrets,
+            LOGGER,
+            auth=cls is AuthenticationFailed,
+            pipeline_failed=isinstance(exc, _PipelineFailedError),
+        )
 
 
 def _terminate(ps: PowerShell) -> None:
@@ -477,12 +466,10 @@ def _exception_text(exc: Exception) -> str:
 
 
 def _first_error(ps: PowerShell) -> str:
-    records = list(ps.streams.error)
-    if not records:
-        return f"pipeline state {ps.state}"
-    try:
-        text = str(records[0])
-    except Exception:
-        text = type(records[0]).__name__
-    more = f" (and {len(records) - 1} more)" if len(records) > 1 else ""
-    return text + more
+    texts = []
+    for record in ps.streams.error:
+        try:
+            texts.append(str(record))
+        except Exception:
+            texts.append(type(record).__name__)
+    return first_error(texts, ps.state)
