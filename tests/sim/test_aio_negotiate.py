@@ -6,8 +6,8 @@ after an idle keep-alive, and a wrong password told as pypsrp tells it, without 
 from __future__ import annotations
 
 import asyncio
-import logging
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,9 @@ def add_host(sim: SimServerThread, tmp_path: Path, *, https: bool) -> HostEndpoi
 
 
 @pytest.fixture(params=[False, True], ids=["http-encrypted", "https-bound"])
-def ep(request: pytest.FixtureRequest, sim: SimServerThread, tmp_path: Path) -> Iterator[HostEndpoint]:
+def ep(
+    request: pytest.FixtureRequest, sim: SimServerThread, tmp_path: Path
+) -> Iterator[HostEndpoint]:
     ep = add_host(sim, tmp_path, https=request.param)
     yield ep
     ep.faults.clear()
@@ -170,8 +172,10 @@ async def test_a_wrong_password_fails_as_pypsrp_says_and_never_shows_it(
             await transport.poll(PollRequest(ASYNC_DIR))
         await transport.close()
         failures[name] = str(failed.value)
-    assert failures["aio"] == failures["pypsrp"] == (
-        "win01: authentication failed: the host refused the credentials"
+    assert (
+        failures["aio"]
+        == failures["pypsrp"]
+        == ("win01: authentication failed: the host refused the credentials")
     )
     assert ep.counters.auth_failures == 2
     assert_not_shown(

@@ -154,7 +154,9 @@ class Channel:
                 return reply
             except _Stale:
                 if fresh or attempt:
-                    raise ChannelError("connection error", "the host closed the connection")
+                    raise ChannelError(
+                        "connection error", "the host closed the connection"
+                    ) from None
             finally:
                 if not done:
                     # cut off, cancelled or failed: what is left on the socket is not ours
@@ -215,7 +217,11 @@ class Channel:
             channel_bindings=bindings,
             context_req=spnego.ContextReq.default,
             protocol=settings.auth,
-            options=spnego.NegotiateOptions.wrapping_winrm if self._seals else 0,
+            options=(
+                spnego.NegotiateOptions.wrapping_winrm
+                if self._seals
+                else spnego.NegotiateOptions.none
+            ),
         )
 
     async def _logon(self, read_timeout: float) -> None:
@@ -265,7 +271,8 @@ class Channel:
         self, headers: dict[str, str], body: bytes, read_timeout: float, logon: bool
     ) -> tuple[int, dict[str, str], bytes]:
         reader, writer = self._reader, self._writer
-        assert reader is not None and writer is not None
+        assert reader is not None
+        assert writer is not None
         lines = [f"POST {self._target} HTTP/1.1", f"Host: {self._host_header}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
