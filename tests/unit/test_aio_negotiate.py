@@ -94,7 +94,7 @@ def test_a_signature_length_out_of_range_is_refused() -> None:
         unseal(XorContext(), damaged)
 
 
-def _certificate(algorithm: hashes.HashAlgorithm) -> bytes:
+def _certificate(algorithm: hashes.SHA256 | hashes.SHA384) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "win01")])
     now = datetime.datetime.now(datetime.UTC)
@@ -118,7 +118,7 @@ def _certificate(algorithm: hashes.HashAlgorithm) -> bytes:
     ids=["sha256", "sha384"],
 )
 def test_the_channel_binding_hashes_the_certificate_with_its_signature_hash(
-    algorithm: hashes.HashAlgorithm, digest: object
+    algorithm: hashes.SHA256 | hashes.SHA384, digest: object
 ) -> None:
     der = _certificate(algorithm)
     expected = b"tls-server-end-point:" + digest(der).digest()  # type: ignore[operator]
