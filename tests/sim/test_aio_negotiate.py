@@ -210,3 +210,5 @@ async def test_close_ends_a_poll_that_still_waits(
         await asyncio.wait_for(waiting, 5)
     assert ep.host.waiting_polls == 0
     assert ep.open_shells == 0
+    # the poll's connection is closed once the poll let go of it
+    assert transport.channel is None

@@ -137,7 +137,7 @@ async def test_a_reply_with_a_content_length() -> None:
         b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\n"
         b"WWW-Authenticate: Negotiate TlRMTQ==\r\nContent-Length: 3\r\n\r\nabcNEXT"
     )
-    status, headers, body = await _read_reply(_reader(reply), stale_ok=True)
+    status, headers, body = await _read_reply(_reader(reply))
     assert (status, body) == (401, b"abc")
     # of two challenges, the one carrying a token
     assert headers["www-authenticate"] == "Negotiate TlRMTQ=="
@@ -148,12 +148,10 @@ async def test_a_chunked_reply() -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\nX-Trailer: 1\r\n\r\n"
     )
-    status, headers, body = await _read_reply(_reader(reply), stale_ok=True)
+    status, headers, body = await _read_reply(_reader(reply))
     assert (status, body, "transfer-encoding" in headers) == (200, b"abcdefg", True)
 
 
 async def test_a_reply_without_a_length_runs_to_the_close() -> None:
-    status, headers, body = await _read_reply(
-        _reader(b"HTTP/1.0 200 OK\r\n\r\nall of it"), stale_ok=True
-    )
+    status, headers, body = await _read_reply(_reader(b"HTTP/1.0 200 OK\r\n\r\nall of it"))
     assert (status, body, headers["connection"]) == (200, b"all of it", "close")

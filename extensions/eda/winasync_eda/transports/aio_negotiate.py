@@ -182,6 +182,25 @@ class Channel:
         if self.connected:
             return False
         self.close()  # the host closed it while idle, or there was none
+        for attempt in range(2):
+            # over HTTP the first token is made before connecting: pyspnego may try Kerberos
+            # first, which takes a while, and the host may close a connection idle that long
+            first = None if self._tls else self._first_token(None)
+            await self._connect()
+            if first is None:
+                first = self._first_token(self._binding())
+            try:
+                await self._logon(*first, read_timeout)
+                return True
+            except _Stale:
+                self.close()
+                if attempt:
+                    raise ChannelError(
+                        "connection error", "the host closed the connection during the logon"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(self) -> None:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 self._reader, self._writer = await asyncio.open_connection(
@@ -197,44 +216,42 @@ class Channel:
             raise ChannelError("TLS error", f"{type(exc).__name__}: {exc}") from None
         except OSError as exc:
             raise ChannelError("connection error", f"{type(exc).__name__}: {exc}") from None
-        await self._logon(read_timeout)
-        return True
 
-    def _new_context(self) -> Any:
-        settings = self._settings
-        bindings = None
+    def _binding(self) -> GssChannelBindings | None:
+        """The tls-server-end-point binding of the certificate this connection got."""
         ssl_object = self._writer.get_extra_info("ssl_object") if self._writer else None
-        if ssl_object is not None:
-            der = ssl_object.getpeercert(binary_form=True)
-            if der:
-                bindings = GssChannelBindings(application_data=end_point_binding(der))
-        password = settings.password.reveal() if settings.password is not None else None
-        return spnego.client(
-            settings.username,
-            password,
-            hostname=settings.negotiate_hostname_override or self._host,
-            service="HTTP",
-            channel_bindings=bindings,
-            context_req=spnego.ContextReq.default,
-            protocol=settings.auth,
-            options=(
-                spnego.NegotiateOptions.wrapping_winrm
-                if self._seals
-                else spnego.NegotiateOptions.none
-            ),
-        )
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return GssChannelBindings(application_data=end_point_binding(der)) if der else None
 
-    async def _logon(self, read_timeout: float) -> None:
-        """The handshake on empty POSTs: 401s carry the host's tokens, a 200 ends it."""
+    def _first_token(self, bindings: GssChannelBindings | None) -> tuple[Any, bytes | None]:
+        """A fresh security context and its first token."""
+        settings = self._settings
+        password = settings.password.reveal() if settings.password is not None else None
         try:
-            context = self._new_context()
-            token = context.step()
+            context = spnego.client(
+                settings.username,
+                password,
+                hostname=settings.negotiate_hostname_override or self._host,
+                service="HTTP",
+                channel_bindings=bindings,
+                context_req=spnego.ContextReq.default,
+                protocol=settings.auth,
+                options=(
+                    spnego.NegotiateOptions.wrapping_winrm
+                    if self._seals
+                    else spnego.NegotiateOptions.none
+                ),
+            )
+            return context, context.step()
         except Exception as exc:
             raise LogonError(_library_text(exc)) from None
+
+    async def _logon(self, context: Any, token: bytes | None, read_timeout: float) -> None:
+        """The handshake on empty POSTs: 401s carry the host's tokens, a 200 ends it."""
         self.logons += 1
         while True:
             headers = {"Authorization": f"Negotiate {base64.b64encode(token or b'').decode()}"}
-            status, reply_headers, _body = await self._exchange(headers, b"", read_timeout, True)
+            status, reply_headers, _body = await self._exchange(headers, b"", read_timeout)
             answer = _host_token(reply_headers)
             if status == 401 and (answer is None or context.complete):
                 raise LogonRefused("the host refused the credentials")
@@ -259,7 +276,7 @@ class Channel:
         else:
             content_type, wire = SOAP, body
         status, headers, reply = await self._exchange(
-            {"Content-Type": content_type}, wire, read_timeout, False
+            {"Content-Type": content_type}, wire, read_timeout
         )
         if headers.get("content-type", "").lower().startswith("multipart/encrypted"):
             reply = unseal(self._context, reply)
@@ -268,8 +285,9 @@ class Channel:
         return status, reply
 
     async def _exchange(
-        self, headers: dict[str, str], body: bytes, read_timeout: float, logon: bool
+        self, headers: dict[str, str], body: bytes, read_timeout: float
     ) -> tuple[int, dict[str, str], bytes]:
+        """One request and its reply; _Stale when the host closed the connection first."""
         reader, writer = self._reader, self._writer
         assert reader is not None
         assert writer is not None
@@ -280,26 +298,20 @@ class Channel:
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
             await writer.drain()
         except OSError:
-            if logon:
-                raise ChannelError("connection error", "the host closed the connection") from None
             raise _Stale() from None
         try:
             async with asyncio.timeout(read_timeout):
-                return await _read_reply(reader, stale_ok=not logon)
+                return await _read_reply(reader)
         except TimeoutError:
             raise ChannelError("read timeout", "no reply within the read timeout") from None
         except (OSError, asyncio.IncompleteReadError) as exc:
             raise ChannelError("connection error", f"{type(exc).__name__}") from None
 
 
-async def _read_reply(
-    reader: asyncio.StreamReader, *, stale_ok: bool
-) -> tuple[int, dict[str, str], bytes]:
+async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     status_line = await reader.readline()
     if not status_line:
-        if stale_ok:
-            raise _Stale()
-        raise ChannelError("connection error", "the host closed the connection")
+        raise _Stale()
     fields = status_line.decode("latin-1").split(None, 2)
     if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():
         raise ChannelError("HTTP error", "not an HTTP reply")

@@ -189,10 +189,12 @@ class AioPsrpTransport:
                 raise
             except Exception as exc:  # every failure becomes a TransportError
                 error = exc
+            finally:
+                if self._closed:
+                    # close() ran while this poll held the connection
+                    self._close_channel()
             translated = self._translate(error)
             await self._discard_pool()
-            if self._closed:
-                self._close_channel()
         # raised outside the except block: no chained cause or context carries the original
         raise translated
 
