@@ -22,6 +22,7 @@ from winasync_eda.transports.psrp import PsrpTransport
 
 from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown
+from tests.sim.test_aio_psrp import host_settings, waiting_poll
 from tests.waiting import async_wait_until
 from winsim.faults import FaultKind
 from winsim.host import SimHost
@@ -69,23 +70,13 @@ def ep(
 
 
 def settings(sim: SimServerThread, ep: HostEndpoint, **overrides: Any) -> HostSettings:
-    https = ep.https
-    values: dict[str, Any] = {
-        "name": "win01",
-        "address": ep.address,
-        "port": ep.port,
-        "protocol": "https" if https else "http",
-        "username": "ansible",
-        "password": Secret(PASSWORD),
-        "auth": "negotiate",
-        "cert_validation": str(sim.ca_bundle),
-        "connection_timeout": 2.0,
-        "read_timeout": 4.0,
-        "operation_timeout": 2.0,
-        "no_proxy": True,
-        **overrides,
-    }
-    return HostSettings(**values)
+    return host_settings(sim, ep, **{**wire(ep), **overrides})
+
+
+def wire(ep: HostEndpoint) -> dict[str, Any]:
+    """Negotiate, over the host's protocol, with this module's password."""
+    protocol = "https" if ep.https else "http"
+    return {"auth": "negotiate", "protocol": protocol, "password": Secret(PASSWORD)}
 
 
 async def finished_job(ep: HostEndpoint, stdout: str = "done") -> str:
@@ -186,10 +177,7 @@ async def test_a_wrong_password_fails_as_pypsrp_says_and_never_shows_it(
 async def test_cancelling_a_waiting_poll_then_closing_deletes_on_a_connection_of_its_own(
     sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    host = settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
-    transport = AioPsrpTransport(host, 10.0, http, idle_timeout=120)
-    waiting = asyncio.create_task(transport.poll(PollRequest(ASYNC_DIR, wait_s=50.0)))
-    await async_wait_until(lambda: ep.host.waiting_polls == 1, 20, "a waiting pipeline")
+    transport, waiting = await waiting_poll(sim, ep, http, **wire(ep))
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     await transport.close()
@@ -201,13 +189,9 @@ async def test_cancelling_a_waiting_poll_then_closing_deletes_on_a_connection_of
 async def test_close_ends_a_poll_that_still_waits(
     sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
-    host = settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
-    transport = AioPsrpTransport(host, 10.0, http, idle_timeout=120)
-    waiting = asyncio.create_task(transport.poll(PollRequest(ASYNC_DIR, wait_s=50.0)))
-    await async_wait_until(lambda: ep.host.waiting_polls == 1, 20, "a waiting pipeline")
+    transport, waiting = await waiting_poll(sim, ep, http, **wire(ep))
     await transport.close()
-    with pytest.raises(TransportError):
-        await asyncio.wait_for(waiting, 5)
+    assert isinstance(await asyncio.wait_for(waiting, 5), TransportError)
     assert ep.host.waiting_polls == 0
     assert ep.open_shells == 0
     # the poll's connection is closed once the poll let go of it

@@ -191,10 +191,10 @@ async def test_tls_validation_is_on_by_default(
 
 
 async def waiting_poll(
-    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient, **overrides: Any
 ) -> tuple[AioPsrpTransport, asyncio.Task[Snapshot | TransportError]]:
     """A transport whose poll waits on the host (50 s; its Receive parked for 55 s)."""
-    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
+    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0, **overrides)
     transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
     waiting = asyncio.create_task(outcome(transport, PollRequest(ASYNC_DIR, wait_s=50.0)))
     await async_wait_until(lambda: ep.host.waiting_polls == 1, 20, "a waiting pipeline")

@@ -183,12 +183,14 @@ class Channel:
             return False
         self.close()  # the host closed it while idle, or there was none
         for attempt in range(2):
-            # over HTTP the first token is made before connecting: pyspnego may try Kerberos
-            # first, which takes a while, and the host may close a connection idle that long
-            first = None if self._tls else self._first_token(None)
+            # The first token is made in a thread: for negotiate, pyspnego tries Kerberos
+            # first, which may ask a KDC, or time out looking for one (5 s here, where no KDC
+            # of the default realm answers): never on the event loop. Over HTTP it is made
+            # before connecting, as the host may close a connection idle that long.
+            first = None if self._tls else await asyncio.to_thread(self._first_token, None)
             await self._connect()
             if first is None:
-                first = self._first_token(self._binding())
+                first = await asyncio.to_thread(self._first_token, self._binding())
             try:
                 await self._logon(*first, read_timeout)
                 return True
@@ -259,7 +261,8 @@ class Channel:
                 raise ChannelError("HTTP error", f"status {status} during the logon")
             if answer is not None and not context.complete:
                 try:
-                    token = context.step(answer)
+                    # Kerberos may ask the KDC here too
+                    token = await asyncio.to_thread(context.step, answer)
                 except Exception as exc:
                     raise LogonError(_library_text(exc)) from None
             if status == 200:
