@@ -22,7 +22,7 @@ from winasync_eda.transports.psrp import PsrpTransport
 
 from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown
-from tests.sim.test_aio_psrp import host_settings, waiting_poll
+from tests.sim.test_aio_psrp import first_answers, host_settings, transports, waiting_poll
 from tests.waiting import async_wait_until
 from winsim.faults import FaultKind
 from winsim.host import SimHost
@@ -90,16 +90,7 @@ async def test_the_same_answer_as_pypsrp(
     sim: SimServerThread, ep: HostEndpoint, http: HttpClient
 ) -> None:
     jid = await finished_job(ep, "héllo")
-    answers = {}
-    host = settings(sim, ep)
-    for name, transport in (
-        ("aio", AioPsrpTransport(host, 8.0, http, idle_timeout=120)),
-        ("pypsrp", PsrpTransport(host, 8.0, idle_timeout=120)),
-    ):
-        try:
-            answers[name] = await transport.poll(PollRequest(ASYNC_DIR))
-        finally:
-            await transport.close()
+    answers = await first_answers(transports(sim, ep, http, **wire(ep)))
     assert answers["aio"].changed == answers["pypsrp"].changed
     assert [f.name for f in answers["aio"].changed] == [jid]
     await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")

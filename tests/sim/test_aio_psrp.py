@@ -87,6 +87,17 @@ def transports(
     }
 
 
+async def first_answers(clients: dict[str, Transport]) -> dict[str, Snapshot]:
+    """Each client's answer to one poll; each closed after it."""
+    answers = {}
+    for name, transport in clients.items():
+        try:
+            answers[name] = await transport.poll(PollRequest(ASYNC_DIR))
+        finally:
+            await transport.close()
+    return answers
+
+
 async def outcome(transport: Transport, request: PollRequest) -> Snapshot | TransportError:
     try:
         return await transport.poll(request)
@@ -106,12 +117,7 @@ async def test_the_same_answer_as_pypsrp(
     jid = simhost.start_job("finished", 0.1, stdout="héllo")
     ended = simhost.jobs[jid].ended
     await async_wait_until(ended.is_set, 10, "the job's end")
-    answers = {}
-    for name, transport in transports(sim, ep, http).items():
-        try:
-            answers[name] = await transport.poll(PollRequest(ASYNC_DIR))
-        finally:
-            await transport.close()
+    answers = await first_answers(transports(sim, ep, http))
     assert answers["aio"].changed == answers["pypsrp"].changed
     assert [f.name for f in answers["aio"].changed] == [jid]
     assert ep.open_shells == 0
