@@ -19,7 +19,7 @@ from bench import BenchError
 from bench.inprocess_hosts import InProcessHosts, JobPlan
 from bench.report import progress
 from bench.scale import sample_after
-from bench.source_run import EventFile, SourceRun
+from bench.source_run import EventFile, SourceRun, mode_args
 from bench.tally import rounded
 from winsim.kdc import available as kdc_available
 
@@ -39,6 +39,9 @@ class AuthCostConfig:
     polls_per_host: int = 10
     job_files: int = 5
     kinds: Sequence[tuple[str, str]] = KINDS
+    # "watch": the polls wait on the hosts (watch_wait s each; the asyncio client there)
+    mode: str = "poll"
+    watch_wait: float = 1.0
 
 
 def auth_cost(workdir: Path, cfg: AuthCostConfig) -> list[dict[str, Any]]:
@@ -69,7 +72,10 @@ def _one_kind(workdir: Path, cfg: AuthCostConfig, auth: str, protocol: str) -> d
                 raise BenchError(f"auth cost {auth}/{protocol}: the jobs did not finish")
             time.sleep(0.05)
         events = EventFile(workdir / "events.jsonl")
-        args = {"hosts": fleet.source_hosts(), "interval": cfg.interval}
+        args = {
+            "hosts": fleet.source_hosts(),
+            **mode_args(cfg.mode, interval=cfg.interval, watch_wait=cfg.watch_wait),
+        }
         source = SourceRun(workdir, args, events, f"auth-{auth}-{protocol}").start()
         try:
             if not source.wait_for(lambda: len(events.arrivals) >= len(refs), READY_TIMEOUT_S):
@@ -95,6 +101,7 @@ def _one_kind(workdir: Path, cfg: AuthCostConfig, auth: str, protocol: str) -> d
     row = {
         "auth": auth,
         "protocol": protocol,
+        "mode": cfg.mode,
         "cpu_ms_per_poll": rounded((sample_b.cpu_s - sample_a.cpu_s) * 1000 / polls, 2),
         "bytes_per_idle_poll": round(delta.bytes / polls),
         "http_requests_per_poll": round(delta.requests / polls, 2),

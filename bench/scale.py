@@ -37,6 +37,9 @@ class ScaleConfig:
     # "watch": one waiting poll per host (interval unused), each waiting up to watch_wait s
     mode: str = "poll"
     watch_wait: float = 50.0
+    # how the hosts log the source on (InProcessHosts): Basic over HTTPS by default
+    auth: str = "basic"
+    https: bool = True
 
     @property
     def label(self) -> str:
@@ -82,7 +85,9 @@ def sample_after(source: SourceRun, events: EventFile, t: float) -> Sample:
 def scale_run(workdir: Path, cfg: ScaleConfig) -> dict[str, Any]:
     rng = random.Random(cfg.seed + cfg.hosts)
     progress(f"fleet {cfg.label}: starting the sim")
-    with InProcessHosts(cfg.hosts, workdir / "sim", prefix="fl") as sims:
+    with InProcessHosts(
+        cfg.hosts, workdir / "sim", prefix="fl", auth=cfg.auth, https=cfg.https
+    ) as sims:
         events = EventFile(workdir / "sims.events.jsonl")
         args: dict[str, Any] = {"hosts": sims.source_hosts(), **cfg.source_args()}
         if cfg.max_concurrency is not None:

@@ -87,6 +87,17 @@ def transports(
     }
 
 
+async def first_answers(clients: dict[str, Transport]) -> dict[str, Snapshot]:
+    """Each client's answer to one poll; each closed after it."""
+    answers = {}
+    for name, transport in clients.items():
+        try:
+            answers[name] = await transport.poll(PollRequest(ASYNC_DIR))
+        finally:
+            await transport.close()
+    return answers
+
+
 async def outcome(transport: Transport, request: PollRequest) -> Snapshot | TransportError:
     try:
         return await transport.poll(request)
@@ -106,12 +117,7 @@ async def test_the_same_answer_as_pypsrp(
     jid = simhost.start_job("finished", 0.1, stdout="héllo")
     ended = simhost.jobs[jid].ended
     await async_wait_until(ended.is_set, 10, "the job's end")
-    answers = {}
-    for name, transport in transports(sim, ep, http).items():
-        try:
-            answers[name] = await transport.poll(PollRequest(ASYNC_DIR))
-        finally:
-            await transport.close()
+    answers = await first_answers(transports(sim, ep, http))
     assert answers["aio"].changed == answers["pypsrp"].changed
     assert [f.name for f in answers["aio"].changed] == [jid]
     assert ep.open_shells == 0
@@ -191,10 +197,10 @@ async def test_tls_validation_is_on_by_default(
 
 
 async def waiting_poll(
-    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient, **overrides: Any
 ) -> tuple[AioPsrpTransport, asyncio.Task[Snapshot | TransportError]]:
     """A transport whose poll waits on the host (50 s; its Receive parked for 55 s)."""
-    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0)
+    settings = host_settings(sim, ep, operation_timeout=55.0, read_timeout=60.0, **overrides)
     transport = AioPsrpTransport(settings, 10.0, http, idle_timeout=120)
     waiting = asyncio.create_task(outcome(transport, PollRequest(ASYNC_DIR, wait_s=50.0)))
     await async_wait_until(lambda: ep.host.waiting_polls == 1, 20, "a waiting pipeline")

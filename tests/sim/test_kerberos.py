@@ -20,7 +20,12 @@ from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import WSMan
 from spnego.channel_bindings import GssChannelBindings
 from spnego.exceptions import SpnegoError
+from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
 from winasync_eda.source import run
+from winasync_eda.transports.aio_http import HttpClient
+from winasync_eda.transports.aio_psrp import AioPsrpTransport
+from winasync_eda.transports.base import AuthenticationFailed, PollRequest
 
 from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown
@@ -253,3 +258,68 @@ async def test_the_source_over_kerberos(
     secrets: dict[str, str | bytes] = {"the user's password": USER_PASSWORD}
     secrets.update({f"service key {i}": key for i, key in enumerate(keys)})
     assert_not_shown([caplog.text, repr(events)], secrets)
+
+
+def aio_settings(realm: Kdc, ep: HostEndpoint, sim: SimServerThread, **more: Any) -> HostSettings:
+    values: dict[str, Any] = {
+        "name": ep.name,
+        "address": ep.address,
+        "port": ep.port,
+        "protocol": "https" if ep.https else "http",
+        "username": f"ansible@{realm.realm}",
+        "password": Secret(USER_PASSWORD),
+        "auth": "kerberos",
+        "cert_validation": str(sim.ca_bundle),
+        "negotiate_hostname_override": ep.service_host,
+        "read_timeout": 5.0,
+        "operation_timeout": 2.0,
+        "no_proxy": True,
+        **more,
+    }
+    return HostSettings(**values)
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http-encrypted", "https-bound"])
+@pytest.mark.parametrize("auth", ["kerberos", "negotiate"])
+async def test_the_asyncio_client_over_kerberos(
+    realm: Kdc,
+    sim: SimServerThread,
+    tmp_path: Path,
+    https: bool,
+    auth: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The asyncio client's channels log on with a service ticket: sealed over HTTP, with the
+    channel binding over HTTPS."""
+    caplog.set_level(logging.DEBUG)
+    http = HttpClient()
+    with kerberos_host(realm, sim, tmp_path, https=https) as ep:
+        transport = AioPsrpTransport(aio_settings(realm, ep, sim, auth=auth), 10.0, http)
+        try:
+            sim_host: SimHost = ep.host
+            jid = sim_host.start_job("finished", 0.05)
+            await async_wait_until(sim_host.jobs[jid].ended.is_set, 10, "the job's end")
+            snapshot = await transport.poll(PollRequest(r"%USERPROFILE%\.ansible_async"))
+        finally:
+            await transport.close()
+            await http.close()
+        assert [f.name for f in snapshot.changed] == [jid]
+        assert ep.counters.auth_failures == 0
+    assert "Kerberos" in caplog.text or "kerberos" in caplog.text
+    assert_not_shown([caplog.text], {"the user's password": USER_PASSWORD})
+
+
+async def test_the_asyncio_client_tells_a_password_the_kdc_refused_as_pypsrp(
+    realm: Kdc, sim: SimServerThread, host: HostEndpoint
+) -> None:
+    http = HttpClient()
+    settings = aio_settings(realm, host, sim, password=Secret("Wrong-Passw0rd"))
+    transport = AioPsrpTransport(settings, 10.0, http)
+    try:
+        with pytest.raises(AuthenticationFailed, match=r"negotiate error") as failed:
+            await transport.poll(PollRequest(r"%USERPROFILE%\.ansible_async"))
+    finally:
+        await transport.close()
+        await http.close()
+    assert "Wrong-Passw0rd" not in str(failed.value)
+    assert host.counters.auth_failures == 0  # refused by the KDC: nothing reached the host

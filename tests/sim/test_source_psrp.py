@@ -49,8 +49,16 @@ _counter = iter(range(10_000))
 
 @contextlib.asynccontextmanager
 async def watching(
-    sim: SimServerThread, tmp: Path, names: list[str], **args: Any
+    sim: SimServerThread,
+    tmp: Path,
+    names: list[str],
+    *,
+    auth: str = "basic",
+    https: bool = True,
+    **args: Any,
 ) -> AsyncIterator[Watched]:
+    """The source watching simulated hosts; ``auth`` ``negotiate`` or ``ntlm``: the hosts
+    take Negotiate, sealed over HTTP (``https`` False) or bound over HTTPS."""
     hosts: dict[str, SimHost] = {}
     endpoints: dict[str, HostEndpoint] = {}
     specs = []
@@ -58,7 +66,10 @@ async def watching(
         name = f"{base}-{next(_counter)}"
         host = SimHost(base, tmp / name)
         host.attach_loop(sim.loop)
-        ep = sim.add_host(name, host, username="ansible", password=PASSWORD, https=True)
+        host_auth = "negotiate" if auth == "ntlm" else auth
+        ep = sim.add_host(
+            name, host, username="ansible", password=PASSWORD, https=https, auth=host_auth
+        )
         hosts[base], endpoints[base] = host, ep
         specs.append({"name": base, "address": ep.address, "port": ep.port})
     watched = Watched(sim, hosts, endpoints)
@@ -66,8 +77,8 @@ async def watching(
         "hosts": specs,
         "username": "ansible",
         "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "https",
+        "auth": auth,
+        "protocol": "https" if https else "http",
         "cert_validation": str(sim.ca_bundle),
         "interval": 0.3,
         "backoff_max": 1.0,

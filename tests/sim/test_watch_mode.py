@@ -1,7 +1,8 @@
 """Watch mode against simulated hosts, with each PSRP client (the asyncio one and pypsrp's
-threads, ``backend``): one waiting poll parked per host, outcomes as soon as they are written, a
-cancel that ends every waiting pipeline at once, shells that idle out, and MaxShellsPerUser
-after a killed source."""
+threads, ``backend``) and, for the waiting scenarios, each way of logging on (Basic over HTTPS,
+Negotiate sealed over HTTP or bound over HTTPS, ``client``): one waiting poll parked per host,
+outcomes as soon as they are written, a cancel that ends every waiting pipeline at once, shells
+that idle out, and MaxShellsPerUser after a killed source."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +48,52 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     return str(request.param)
 
 
+@dataclass(frozen=True)
+class Client:
+    """A PSRP client and how it logs on: Basic over HTTPS, or Negotiate (NTLM) sealed over
+    HTTP or bound to the certificate over HTTPS."""
+
+    backend: str
+    auth: str
+    https: bool
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        return {"auth": self.auth, "https": self.https}
+
+
+CLIENTS = [
+    Client("aio", "basic", True),
+    Client("aio", "negotiate", False),
+    Client("aio", "negotiate", True),
+    Client("pypsrp", "basic", True),
+    Client("pypsrp", "negotiate", False),
+]
+
+
+@pytest.fixture(
+    params=CLIENTS,
+    ids=[f"{c.backend}-{c.auth}-{'https' if c.https else 'http'}" for c in CLIENTS],
+)
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Client:
+    """``backend``, with each way of logging on."""
+    chosen: Client = request.param
+    monkeypatch.setenv(BACKEND_ENV, chosen.backend)
+    return chosen
+
+
 def _client_log(backend: str) -> str:
     return "on asyncio" if backend == "aio" else "on pypsrp threads"
 
 
 async def test_outcomes_arrive_while_the_polls_wait(
-    sim: SimServerThread, tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
+    sim: SimServerThread, tmp_path: Path, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="winasync_eda.source")
-    async with watching(sim, tmp_path, ["win01"], **WATCH) as w:
+    async with watching(sim, tmp_path, ["win01"], **client.wire, **WATCH) as w:
         h, ep = w.hosts["win01"], w.endpoints["win01"]
         await async_wait_until(lambda: h.waiting_polls == 1, 20, "a poll waiting on the host")
-        assert f"1 hosts {_client_log(backend)}" in caplog.text
+        assert f"1 hosts {_client_log(client.backend)}" in caplog.text
         commands = ep.counters.get("Command").requests
         ok = h.start_job("finished", 0.3)
         bad = h.start_job("failed", 0.3, rc=3)
@@ -78,11 +114,11 @@ async def test_outcomes_arrive_while_the_polls_wait(
 
 
 async def test_a_cancel_ends_every_waiting_pipeline_within_seconds(
-    sim: SimServerThread, tmp_path: Path, backend: str, caplog: pytest.LogCaptureFixture
+    sim: SimServerThread, tmp_path: Path, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     names = [f"win{i:02d}" for i in range(5)]
     args = {**WATCH, "watch_wait": 50, "operation_timeout": 55, "read_timeout": 65}
-    async with watching(sim, tmp_path, names, host_events=True, **args) as w:
+    async with watching(sim, tmp_path, names, **client.wire, host_events=True, **args) as w:
         await async_wait_until(
             lambda: all(h.waiting_polls == 1 for h in w.hosts.values()), 30, "five waiting polls"
         )
@@ -95,7 +131,7 @@ async def test_a_cancel_ends_every_waiting_pipeline_within_seconds(
     # a Delete per host ended its shell and the pipeline waiting in it (pypsrp's pool.close()
     # may send another, which the host refuses: the shell is gone)
     sent = sum(ep.counters.get("Delete").requests for ep in w.endpoints.values()) - deletes
-    assert sent == 5 if backend == "aio" else sent >= 5
+    assert sent == 5 if client.backend == "aio" else sent >= 5
     assert elapsed < 5, f"cancel took {elapsed:.1f} s"
     # the polls ended by the cancel are no failures of the hosts (no log, no host event)
     assert [e for e in w.events if "async_host" in e] == []
@@ -224,9 +260,9 @@ def _events(path: Path) -> list[dict[str, Any]]:
 
 
 async def test_a_host_that_reboots_while_a_poll_waits(
-    sim: SimServerThread, tmp_path: Path, backend: str
+    sim: SimServerThread, tmp_path: Path, client: Client
 ) -> None:
-    async with watching(sim, tmp_path, ["win01"], **WATCH, interval=15) as w:
+    async with watching(sim, tmp_path, ["win01"], **client.wire, **WATCH, interval=15) as w:
         h = w.hosts["win01"]
         jid = h.start_job("finished", 600)
         await async_wait_until(lambda: h.waiting_polls == 1, 20, "a poll waiting on the host")
@@ -240,9 +276,9 @@ async def test_a_host_that_reboots_while_a_poll_waits(
 
 
 async def test_a_connection_dropped_during_a_parked_receive(
-    sim: SimServerThread, tmp_path: Path, backend: str
+    sim: SimServerThread, tmp_path: Path, client: Client
 ) -> None:
-    async with watching(sim, tmp_path, ["win01"], **WATCH) as w:
+    async with watching(sim, tmp_path, ["win01"], **client.wire, **WATCH) as w:
         h, ep = w.hosts["win01"], w.endpoints["win01"]
         await async_wait_until(lambda: h.waiting_polls == 1, 20, "a poll waiting on the host")
         # the parked Receive's reply is cut mid-body when the change ends the wait

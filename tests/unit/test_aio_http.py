@@ -20,13 +20,16 @@ from winsim.tls import CertificateAuthority
     [
         ({"auth": "basic", "protocol": "https"}, None),
         ({"auth": "basic", "protocol": "http", "encryption": "never"}, None),
-        ({"auth": "ntlm"}, "auth 'ntlm'"),
-        ({"auth": "negotiate", "encryption": "always"}, "auth 'negotiate'"),
-        ({"auth": "kerberos"}, "auth 'kerberos'"),
+        ({"auth": "ntlm", "no_proxy": True}, None),
+        ({"auth": "negotiate", "encryption": "always", "no_proxy": True}, None),
+        ({"auth": "negotiate", "protocol": "https", "no_proxy": True}, None),
+        ({"auth": "kerberos", "no_proxy": True}, None),
+        # a Negotiate channel connects straight to the host
+        ({"auth": "negotiate", "proxy": "http://proxy:3128"}, "auth 'negotiate' through a proxy"),
         ({"auth": "credssp"}, "auth 'credssp'"),
     ],
 )
-def test_supports_basic_and_certificates_only(changes: dict[str, Any], refused: str | None) -> None:
+def test_supports_every_auth_but_credssp(changes: dict[str, Any], refused: str | None) -> None:
     assert supports(settings(**changes)) == refused
 
 

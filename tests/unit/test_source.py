@@ -60,9 +60,13 @@ async def test_cancel_closes_every_transport_and_flushes(tmp_path: Path) -> None
         ({"auth": "basic", "protocol": "https"}, "watch", "aio", "aio"),
         ({"auth": "basic", "protocol": "https"}, "watch", "pypsrp", "pypsrp"),
         ({"auth": "basic", "protocol": "https"}, "poll", None, "pypsrp"),
-        ({"auth": "ntlm"}, "watch", None, "pypsrp"),
-        ({"auth": "negotiate"}, "watch", "aio", "pypsrp"),
-        ({"auth": "kerberos"}, "watch", None, "pypsrp"),
+        ({"auth": "ntlm"}, "watch", None, "aio"),
+        ({"auth": "negotiate"}, "watch", "aio", "aio"),
+        ({"auth": "negotiate", "protocol": "https"}, "watch", None, "aio"),
+        ({"auth": "negotiate"}, "watch", "pypsrp", "pypsrp"),
+        ({"auth": "negotiate"}, "poll", None, "pypsrp"),
+        ({"auth": "negotiate", "proxy": "http://proxy:3128"}, "watch", None, "pypsrp"),
+        ({"auth": "kerberos"}, "watch", None, "aio"),
         ({"auth": "credssp"}, "watch", None, "pypsrp"),
     ],
 )
@@ -104,8 +108,10 @@ async def test_the_chosen_backend_builds_the_transport(monkeypatch: pytest.Monke
     try:
         basic = source.make_transport(settings(auth="basic", protocol="https"), cfg, None, http)
         ntlm = source.make_transport(settings(auth="ntlm"), cfg, None, http)
+        credssp = source.make_transport(settings(auth="credssp"), cfg, None, http)
     finally:
         await http.close()
     assert isinstance(basic, AioPsrpTransport)
     assert basic.idle_timeout == source.IDLE_TIMEOUT_S
-    assert isinstance(ntlm, PsrpTransport)
+    assert isinstance(ntlm, AioPsrpTransport)
+    assert isinstance(credssp, PsrpTransport)

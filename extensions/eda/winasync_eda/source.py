@@ -44,9 +44,10 @@ def psrp_backend(host: HostSettings, cfg: SourceConfig) -> tuple[str, str]:
     """("aio" or "pypsrp", why): the one place that picks a host's PSRP client.
 
     Watch mode parks a Receive per host for up to a minute: on pypsrp (synchronous) that is a
-    thread per host, on the asyncio client a coroutine. The asyncio client speaks Basic and
-    client certificates; the auths that wrap messages (negotiate, ntlm, kerberos, credssp)
-    stay on pypsrp. Poll mode stays on pypsrp: a poll holds its thread only while it runs."""
+    thread per host, on the asyncio client a coroutine. The asyncio client speaks Basic,
+    client certificates, and negotiate, ntlm and kerberos (a logon per connection, sealed over
+    HTTP, bound over HTTPS); CredSSP, and Negotiate through a proxy, stay on pypsrp. Poll mode
+    stays on pypsrp: a poll holds its thread only while it runs."""
     if cfg.mode != "watch":
         return "pypsrp", "poll mode"
     if os.environ.get(BACKEND_ENV, "auto").strip().lower() == "pypsrp":

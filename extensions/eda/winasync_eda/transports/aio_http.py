@@ -3,8 +3,9 @@
 A waiting Receive is a POST that the host answers up to a minute later: on aiohttp it is a
 parked coroutine and a socket, not a thread. Auth here: Basic (over HTTPS, or over HTTP when
 the host's settings allow it: encryption ``never``) and client certificates (``certificate``,
-WinRM's HTTPS mutual profile). The auths that wrap messages (negotiate, ntlm, kerberos, credssp)
-stay on pypsrp (``supports``). TLS validation follows ``cert_validation``: on with the system's
+WinRM's HTTPS mutual profile); negotiate, ntlm and kerberos go over ``aio_negotiate``'s channels
+(a logon per connection), not this session. CredSSP, and a proxy with Negotiate, stay on pypsrp
+(``supports``). TLS validation follows ``cert_validation``: on with the system's
 CA bundle (certifi's, as requests uses, or ``REQUESTS_CA_BUNDLE``), a CA file or directory, or
 off.
 """
@@ -24,6 +25,7 @@ import aiohttp
 import requests.utils
 
 from ..settings import HostSettings
+from .aio_negotiate import NEGOTIATE_AUTHS
 
 # WinRM's header for certificate auth over HTTPS (the certificate itself goes in TLS)
 CERTIFICATE_AUTH: Final = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual"
@@ -38,11 +40,23 @@ TLS_READ_BUFFER: Final = 16 * 1024
 
 def supports(settings: HostSettings) -> str | None:
     """None when this client can reach the host; else why not (the host stays on pypsrp)."""
+    if settings.auth in NEGOTIATE_AUTHS:
+        # a channel connects straight to the host
+        if _proxy_for(settings, _url(settings)):
+            return f"auth {settings.auth!r} through a proxy"
+        return None
     if settings.auth not in SUPPORTED_AUTHS:
         return f"auth {settings.auth!r}"
     if settings.encryption == "always":
         return "message encryption"
     return None
+
+
+def _url(settings: HostSettings) -> str:
+    address = settings.address or settings.name
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{settings.protocol}://{address}:{settings.effective_port}/{settings.path}"
 
 
 class HttpFailure(Exception):
@@ -98,10 +112,7 @@ class HttpClient:
             await session.close()
 
     def endpoint(self, settings: HostSettings) -> Endpoint:
-        address = settings.address or settings.name
-        if ":" in address and not address.startswith("["):
-            address = f"[{address}]"
-        url = f"{settings.protocol}://{address}:{settings.effective_port}/{settings.path}"
+        url = _url(settings)
         headers = {"Content-Type": _CONTENT_TYPE}
         if settings.auth == "basic":
             user = settings.username or ""

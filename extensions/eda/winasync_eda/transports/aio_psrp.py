@@ -39,7 +39,15 @@ from psrpcore.types import PSInvocationState, RunspacePoolState
 
 from ..secret import secret_forms
 from ..settings import HostSettings
-from .aio_http import Endpoint, HttpClient, HttpFailure
+from .aio_http import Endpoint, HttpClient, HttpFailure, Reply
+from .aio_negotiate import (
+    NEGOTIATE_AUTHS,
+    Channel,
+    ChannelError,
+    LogonError,
+    LogonRefused,
+    SealError,
+)
 from .base import PollRequest, Snapshot, TransportError
 from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, build_parameters, parse_answer
 from .psrp_common import (
@@ -79,6 +87,10 @@ _FINAL_STATES: Final = frozenset(
 
 class _AuthError(Exception):
     """HTTP 401: the host refused the credentials."""
+
+
+class _NegotiateError(Exception):
+    """The security library could not log on (no Kerberos ticket, no KDC...)."""
 
 
 class _StatusError(Exception):
@@ -127,6 +139,9 @@ class AioPsrpTransport:
         self.idle_timeout = idle_timeout
         self._http = http
         self._endpoint: Endpoint | None = None
+        # negotiate, ntlm, kerberos: the poll's own logged-on connection (Deletes aside take
+        # one each, closed after them)
+        self._channel: Channel | None = None
         self._envelopes = ShellEnvelopes("")
         self._lock = asyncio.Lock()
         self._closed = False
@@ -174,6 +189,10 @@ class AioPsrpTransport:
                 raise
             except Exception as exc:  # every failure becomes a TransportError
                 error = exc
+            finally:
+                if self._closed:
+                    # close() ran while this poll held the connection
+                    self._close_channel()
             translated = self._translate(error)
             await self._discard_pool()
         # raised outside the except block: no chained cause or context carries the original
@@ -190,6 +209,18 @@ class AioPsrpTransport:
         self._give_up_pool()
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
+        if not self.busy:
+            self._close_channel()
+
+    @property
+    def channel(self) -> Channel | None:
+        """The poll's logged-on connection (negotiate, ntlm, kerberos), once it has one."""
+        return self._channel
+
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
     # ---- one poll ----
 
@@ -327,12 +358,11 @@ class AioPsrpTransport:
         self, request: Request, *, read_timeout: float | None = None, last: bool = False
     ) -> ET.Element:
         endpoint = self._target()
-        reply = await self._http.post(
-            endpoint,
-            request.body,
-            read_timeout if read_timeout is not None else endpoint.read_timeout,
-            last=last,
-        )
+        timeout = read_timeout if read_timeout is not None else endpoint.read_timeout
+        if self.settings.auth in NEGOTIATE_AUTHS:
+            reply = await self._post_negotiated(endpoint, request.body, timeout, last=last)
+        else:
+            reply = await self._http.post(endpoint, request.body, timeout, last=last)
         if reply.status == 200:
             return parse_reply(reply.body, request.message_id)
         if reply.status == 401:
@@ -341,6 +371,33 @@ class AioPsrpTransport:
         if fault is not None:
             raise _FaultError(fault)
         raise _StatusError(reply.status)
+
+    async def _post_negotiated(
+        self, endpoint: Endpoint, body: bytes, read_timeout: float, *, last: bool
+    ) -> Reply:
+        """POST over a logged-on connection: the poll's own, or (``last``, a Delete that may
+        run beside a parked Receive) one of its own, closed after it."""
+        if last:
+            channel = self._new_channel(endpoint)
+        else:
+            if self._channel is None:
+                self._channel = self._new_channel(endpoint)
+            channel = self._channel
+        try:
+            status, reply = await channel.post(body, read_timeout)
+        except ChannelError as exc:
+            raise HttpFailure(exc.kind, str(exc)) from None
+        except LogonRefused:
+            return Reply(401, b"")
+        except LogonError as exc:
+            raise _NegotiateError(str(exc)) from None
+        finally:
+            if last:
+                channel.close()
+        return Reply(status, reply)
+
+    def _new_channel(self, endpoint: Endpoint) -> Channel:
+        return Channel(self.settings, endpoint.url, endpoint.ssl, endpoint.connect_timeout)
 
     def _op_timeout(self, deadline: float | None = None) -> int:
         """The OperationTimeout (whole seconds), within what is left of the deadline."""
@@ -415,7 +472,7 @@ class AioPsrpTransport:
             text,
             self._secrets,
             LOGGER,
-            auth=isinstance(exc, _AuthError),
+            auth=isinstance(exc, (_AuthError, _NegotiateError)),
             pipeline_failed=isinstance(exc, PipelineFailedError),
         )
 
@@ -426,6 +483,8 @@ def _classify(exc: Exception) -> tuple[str, str]:
         return exc.kind, str(exc)
     kinds: tuple[tuple[type[BaseException], str], ...] = (
         (_AuthError, "authentication failed"),
+        (_NegotiateError, "negotiate error"),
+        (SealError, "WinRM error"),
         (_FaultError, "WSMan fault"),
         (_StatusError, "HTTP error"),
         (_PoolError, "PSRP error"),

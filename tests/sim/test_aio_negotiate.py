@@ -1,0 +1,189 @@
+"""The asyncio PSRP client over Negotiate (NTLM) against the simulated host: message encryption
+over HTTP, channel binding over HTTPS, a logon per TCP connection that is made again (with a
+fresh context, and bodies sealed for it) when the host closes the connection, as HTTP.sys does
+after an idle keep-alive, and a wrong password told as pypsrp tells it, without the password."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from winasync_eda.secret import Secret
+from winasync_eda.settings import HostSettings
+from winasync_eda.transports.aio_http import HttpClient
+from winasync_eda.transports.aio_psrp import AioPsrpTransport
+from winasync_eda.transports.base import AuthenticationFailed, PollRequest, TransportError
+from winasync_eda.transports.psrp import PsrpTransport
+
+from harness.sim_thread import SimServerThread
+from tests.secret_scan import assert_not_shown
+from tests.sim.test_aio_psrp import first_answers, host_settings, transports, waiting_poll
+from tests.waiting import async_wait_until
+from winsim.faults import FaultKind
+from winsim.host import SimHost
+from winsim.scripts.dispatch import execute
+from winsim.server import HostEndpoint
+
+pytestmark = pytest.mark.sim
+PASSWORD = "Neg-S3cret-never-logged"
+ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
+# HTTP.sys closes an idle keep-alive connection after 120 s; here at once
+IDLE_CLOSE_S = 0.6
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServerThread]:
+    with SimServerThread(execute, idle_close_s=IDLE_CLOSE_S) as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient()
+    yield client
+    await client.close()
+
+
+def add_host(sim: SimServerThread, tmp_path: Path, *, https: bool) -> HostEndpoint:
+    name = f"neg{next(_names)}"
+    simhost = SimHost("win01", tmp_path / name)
+    simhost.attach_loop(sim.loop)
+    return sim.add_host(
+        name, simhost, username="ansible", password=PASSWORD, https=https, auth="negotiate"
+    )
+
+
+@pytest.fixture(params=[False, True], ids=["http-encrypted", "https-bound"])
+def ep(
+    request: pytest.FixtureRequest, sim: SimServerThread, tmp_path: Path
+) -> Iterator[HostEndpoint]:
+    ep = add_host(sim, tmp_path, https=request.param)
+    yield ep
+    ep.faults.clear()
+    sim.remove_host(ep.name)
+
+
+def settings(sim: SimServerThread, ep: HostEndpoint, **overrides: Any) -> HostSettings:
+    return host_settings(sim, ep, **{**wire(ep), **overrides})
+
+
+def wire(ep: HostEndpoint) -> dict[str, Any]:
+    """Negotiate, over the host's protocol, with this module's password."""
+    protocol = "https" if ep.https else "http"
+    return {"auth": "negotiate", "protocol": protocol, "password": Secret(PASSWORD)}
+
+
+async def finished_job(ep: HostEndpoint, stdout: str = "done") -> str:
+    simhost: SimHost = ep.host
+    jid = simhost.start_job("finished", 0.05, stdout=stdout)
+    await async_wait_until(simhost.jobs[jid].ended.is_set, 10, "the job's end")
+    return jid
+
+
+async def test_the_same_answer_as_pypsrp(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> None:
+    jid = await finished_job(ep, "héllo")
+    answers = await first_answers(transports(sim, ep, http, **wire(ep)))
+    assert answers["aio"].changed == answers["pypsrp"].changed
+    assert [f.name for f in answers["aio"].changed] == [jid]
+    await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")
+
+
+async def test_a_connection_the_host_closed_is_logged_on_again_and_nothing_is_lost(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> None:
+    """HTTP.sys closes an idle connection; pypsrp then resends a body sealed for the old
+    logon and fails (winrm-facts.md). Here the next poll logs on again and reuses the pool."""
+    transport = AioPsrpTransport(settings(sim, ep), 8.0, http, idle_timeout=120)
+    try:
+        first = await finished_job(ep, "one")
+        assert [f.name for f in (await transport.poll(PollRequest(ASYNC_DIR))).changed] == [first]
+        channel = transport.channel
+        assert channel is not None and channel.logons == 1
+        await async_wait_until(lambda: not channel.connected, 10, "the host's idle close")
+        second = await finished_job(ep, "two")
+        snapshot = await transport.poll(PollRequest(ASYNC_DIR))
+        assert second in [f.name for f in snapshot.changed]
+        assert channel.logons == 2
+        # the same shell: no pool was rebuilt
+        assert ep.counters.get("Create").requests == 1
+    finally:
+        await transport.close()
+    await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")
+
+
+async def test_a_close_fault_after_a_reply_costs_a_new_logon_not_a_poll(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> None:
+    transport = AioPsrpTransport(settings(sim, ep), 8.0, http, idle_timeout=120)
+    try:
+        await transport.poll(PollRequest(ASYNC_DIR))
+        # the host closes the connection right after each of the next three replies
+        ep.faults.inject(FaultKind.CLOSE, count=3)
+        jid = await finished_job(ep)
+        snapshot = await transport.poll(PollRequest(ASYNC_DIR))
+        assert jid in [f.name for f in snapshot.changed]
+        channel = transport.channel
+        assert channel is not None and channel.logons >= 3
+        assert ep.faults.hits(FaultKind.CLOSE) == 3
+        assert ep.counters.get("Create").requests == 1
+    finally:
+        await transport.close()
+    await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")
+
+
+async def test_a_wrong_password_fails_as_pypsrp_says_and_never_shows_it(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "Wr0ng-Passw0rd-never-shown"
+    host = settings(sim, ep, password=Secret(wrong))
+    caplog.set_level(logging.DEBUG)
+    failures = {}
+    for name, transport in (
+        ("aio", AioPsrpTransport(host, 8.0, http, idle_timeout=120)),
+        ("pypsrp", PsrpTransport(host, 8.0, idle_timeout=120)),
+    ):
+        with pytest.raises(AuthenticationFailed) as failed:
+            await transport.poll(PollRequest(ASYNC_DIR))
+        await transport.close()
+        failures[name] = str(failed.value)
+    assert (
+        failures["aio"]
+        == failures["pypsrp"]
+        == ("win01: authentication failed: the host refused the credentials")
+    )
+    assert ep.counters.auth_failures == 2
+    assert_not_shown(
+        [*failures.values(), caplog.text], {"password": wrong, "host password": PASSWORD}
+    )
+
+
+async def test_cancelling_a_waiting_poll_then_closing_deletes_on_a_connection_of_its_own(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> None:
+    transport, waiting = await waiting_poll(sim, ep, http, **wire(ep))
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await transport.close()
+    await async_wait_until(lambda: ep.host.waiting_polls == 0, 5, "the pipeline ended")
+    assert ep.open_shells == 0
+    assert ep.counters.get("Delete").requests == 1
+
+
+async def test_close_ends_a_poll_that_still_waits(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> None:
+    transport, waiting = await waiting_poll(sim, ep, http, **wire(ep))
+    await transport.close()
+    assert isinstance(await asyncio.wait_for(waiting, 5), TransportError)
+    assert ep.host.waiting_polls == 0
+    assert ep.open_shells == 0
+    # the poll's connection is closed once the poll let go of it
+    assert transport.channel is None
