@@ -27,4 +27,4 @@ Where to add:
   ``bench/__main__.py`` (a soak: ``bench/soak.py``); new JSON keys go to ``docs/contract.md``.
 """
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
