@@ -37,7 +37,6 @@ from psrpcore import (
 )
 from psrpcore.types import PSInvocationState, RunspacePoolState
 
-from ..secret import secret_forms
 from ..settings import HostSettings
 from .aio_http import Endpoint, HttpClient, HttpFailure, Reply
 from .aio_negotiate import (
@@ -49,12 +48,12 @@ from .aio_negotiate import (
     SealError,
 )
 from .base import PollRequest, Snapshot, TransportError
-from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, build_parameters, parse_answer
+from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, parse_answer
 from .psrp_common import (
     ClosedError,
     DeadlineError,
     PipelineFailedError,
-    check_arguments,
+    PsrpTransportCore,
     first_error,
     transport_error,
 )
@@ -120,7 +119,7 @@ class _Pool:
     defined: bool = False
 
 
-class AioPsrpTransport:
+class AioPsrpTransport(PsrpTransportCore):
     """A host polled over PSRP from the event loop; implements ``Transport``."""
 
     def __init__(
@@ -132,32 +131,20 @@ class AioPsrpTransport:
         poll_script: str | None = None,
         idle_timeout: int | None = None,
     ) -> None:
-        check_arguments(settings.name, call_deadline_s, idle_timeout)
-        self.settings = settings
-        self.call_deadline_s = call_deadline_s
-        self.poll_script = poll_script
-        self.idle_timeout = idle_timeout
+        super().__init__(
+            settings, call_deadline_s, poll_script=poll_script, idle_timeout=idle_timeout
+        )
         self._http = http
         self._endpoint: Endpoint | None = None
         # negotiate, ntlm, kerberos: the poll's own logged-on connection (Deletes aside take
         # one each, closed after them)
         self._channel: Channel | None = None
         self._envelopes = ShellEnvelopes("")
-        self._lock = asyncio.Lock()
-        self._closed = False
         self._pool: _Pool | None = None
         # shells a failed pool left open on the host: deleted once the host answers again
         self._abandoned: set[str] = set()
         # Deletes under way for pools given up by a cancelled poll (close() waits for them)
         self._cleanups: set[asyncio.Task[None]] = set()
-        self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
-
-    def __repr__(self) -> str:
-        return f"AioPsrpTransport({self.settings.name!r})"
-
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
 
     def _target(self) -> Endpoint:
         if self._endpoint is None:
@@ -169,12 +156,7 @@ class AioPsrpTransport:
     # ---- the Transport protocol ----
 
     async def poll(self, request: PollRequest) -> Snapshot:
-        if self._closed:
-            raise TransportError(f"{self.settings.name}: the PSRP transport is closed")
-        parameters = build_parameters(request)
-        # a waiting poll may take its wait on top of the usual deadline
-        deadline = time.monotonic() + self.call_deadline_s + max(0.0, request.wait_s)
-        park = request.wait_s > 0
+        parameters, deadline, park = self._start_poll(request)
         async with self._lock:
             error: Exception = DeadlineError("no answer within the call deadline")
             try:

@@ -34,11 +34,10 @@ from pypsrp.exceptions import (
 from pypsrp.powershell import PowerShell, RunspacePool
 from pypsrp.wsman import SelectorSet, WSMan
 
-from ..secret import secret_forms
 from ..settings import HostSettings
 from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
-from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, build_parameters, parse_answer
-from .psrp_common import check_arguments, first_error, transport_error
+from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, parse_answer
+from .psrp_common import PsrpTransportCore, first_error, transport_error
 
 LOGGER = logging.getLogger(__name__)
 # pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
@@ -67,7 +66,7 @@ class _DeadlineError(Exception):
     """The pipeline ran past the poll's deadline and was stopped."""
 
 
-class PsrpTransport:
+class PsrpTransport(PsrpTransportCore):
     """A host polled over PSRP; implements ``Transport``. Not shared between hosts."""
 
     def __init__(
@@ -79,21 +78,11 @@ class PsrpTransport:
         poll_script: str | None = None,
         idle_timeout: int | None = None,
     ) -> None:
-        check_arguments(settings.name, call_deadline_s, idle_timeout)
-        self.settings = settings
-        # the deadline of one poll (the source's poll_timeout)
-        self.call_deadline_s = call_deadline_s
-        # the path of poll.ps1 deployed on the host (signed, for Constrained Language Mode):
-        # each poll runs that file; None: the script is defined as a function once per pool
-        self.poll_script = poll_script
-        # the shell's idle timeout (pypsrp >= 0.9 sends it on Create): a source killed without
-        # closing its pools leaves its shells on the host this long after its last request, not
-        # the endpoint's 2 hours, which count against MaxShellsPerUser. None: the host's default.
-        self.idle_timeout = idle_timeout
+        super().__init__(
+            settings, call_deadline_s, poll_script=poll_script, idle_timeout=idle_timeout
+        )
         # the source passes a pool sized for max_concurrency; None: the loop's default one
         self._executor = executor
-        self._lock = asyncio.Lock()
-        self._closed = False
         # touched only by the worker thread that holds the lock
         self._wsman: WSMan | None = None
         self._pool: RunspacePool | None = None
@@ -104,25 +93,11 @@ class PsrpTransport:
         # (shell id, resource URI) of the open pool, written by the worker thread: close() reads
         # it to delete the shell from aside while a waiting poll holds the pool
         self._shell_ref: tuple[str, str] | None = None
-        self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
         # when the host last answered a poll (an encrypted session idle too long is rebuilt)
         self._last_answer = time.monotonic()
 
-    def __repr__(self) -> str:
-        return f"PsrpTransport({self.settings.name!r})"
-
-    @property
-    def busy(self) -> bool:
-        """True while a worker thread works for this host (a stuck call keeps it busy)."""
-        return self._lock.locked()
-
     async def poll(self, request: PollRequest) -> Snapshot:
-        if self._closed:
-            raise TransportError(f"{self.settings.name}: the PSRP transport is closed")
-        parameters = build_parameters(request)
-        # a waiting poll may take its wait on top of the usual deadline
-        deadline = time.monotonic() + self.call_deadline_s + max(0.0, request.wait_s)
-        park = request.wait_s > 0
+        parameters, deadline, park = self._start_poll(request)
         return await self._in_thread(
             deadline, functools.partial(self._poll_blocking, parameters, deadline, park)
         )

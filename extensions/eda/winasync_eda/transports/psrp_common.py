@@ -8,12 +8,15 @@ the scheduler's retry and backoff, the logs and the host events do not depend on
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 
-from ..secret import scrub
-from .base import AuthenticationFailed, HostUnsupported, TransportError
-from .poll_wire import unsupported_reason
+from ..secret import scrub, secret_forms
+from ..settings import HostSettings
+from .base import AuthenticationFailed, HostUnsupported, PollRequest, TransportError
+from .poll_wire import build_parameters, unsupported_reason
 
 
 class PipelineFailedError(Exception):
@@ -66,3 +69,47 @@ def check_arguments(host: str, call_deadline_s: float, idle_timeout: int | None)
         raise ValueError(
             f"host {host!r}: idle_timeout must be at least 60 seconds (the endpoint's minimum)"
         )
+
+
+class PsrpTransportCore:
+    """What both PSRP transports hold and decide alike: the host, the poll's deadline, the
+    deployed script, the shells' idle timeout, and one poll of a host at a time."""
+
+    def __init__(
+        self,
+        settings: HostSettings,
+        call_deadline_s: float,
+        *,
+        poll_script: str | None,
+        idle_timeout: int | None,
+    ) -> None:
+        check_arguments(settings.name, call_deadline_s, idle_timeout)
+        self.settings = settings
+        # the deadline of one poll (the source's poll_timeout)
+        self.call_deadline_s = call_deadline_s
+        # the path of poll.ps1 deployed on the host (signed, for Constrained Language Mode):
+        # each poll runs that file; None: the script is defined as a function once per pool
+        self.poll_script = poll_script
+        # the shell's idle timeout, sent on Create: a source killed without closing its pools
+        # leaves its shells on the host this long after its last request, not the endpoint's
+        # 2 hours, which count against MaxShellsPerUser. None: the host's default.
+        self.idle_timeout = idle_timeout
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings.name!r})"
+
+    @property
+    def busy(self) -> bool:
+        """True while a poll holds this host (on pypsrp, a stuck worker thread keeps it busy)."""
+        return self._lock.locked()
+
+    def _start_poll(self, request: PollRequest) -> tuple[Mapping[str, str], float, bool]:
+        """The poll's script parameters, its deadline (a waiting poll may take its wait on top
+        of the usual one), and whether it waits on the host."""
+        if self._closed:
+            raise TransportError(f"{self.settings.name}: the PSRP transport is closed")
+        deadline = time.monotonic() + self.call_deadline_s + max(0.0, request.wait_s)
+        return build_parameters(request), deadline, request.wait_s > 0
