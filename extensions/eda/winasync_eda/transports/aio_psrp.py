@@ -47,7 +47,7 @@ from .aio_negotiate import (
     LogonRefused,
     SealError,
 )
-from .base import PollRequest, Snapshot, TransportError
+from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
 from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, parse_answer
 from .psrp_common import (
     ClosedError,
@@ -176,7 +176,12 @@ class AioPsrpTransport(PsrpTransportCore):
                     # close() ran while this poll held the connection
                     self._close_channel()
             translated = self._translate(error)
-            await self._discard_pool()
+            if isinstance(translated, AuthenticationFailed):
+                # a Delete would carry the refused credentials again (lockout policies count
+                # each refused logon): the shell is deleted once the host lets the source in
+                self._forget_pool()
+            else:
+                await self._discard_pool()
         # raised outside the except block: no chained cause or context carries the original
         raise translated
 
@@ -402,6 +407,12 @@ class AioPsrpTransport(PsrpTransportCore):
         task = asyncio.get_running_loop().create_task(self._delete_shell(pool.shell_id))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
+
+    def _forget_pool(self) -> None:
+        """Forget the pool without a request; its shell is deleted after the next answer."""
+        pool, self._pool = self._pool, None
+        if pool is not None and not self._closed and len(self._abandoned) < _MAX_ABANDONED:
+            self._abandoned.add(pool.shell_id)
 
     async def _discard_pool(self) -> None:
         """Forget the pool, after a best-effort Delete of its shell; never raises."""

@@ -187,7 +187,12 @@ class PsrpTransport(PsrpTransportCore):
             if self._closed:  # closed while this thread ran: close() left the pool to it
                 self._discard_pool()
             return snapshot
-        self._discard_pool()
+        if isinstance(error, AuthenticationFailed):
+            # a Delete would carry the refused credentials again, and lockout policies count
+            # each refused logon: the shell is deleted once the host lets the source in again
+            self._forget_pool()
+        else:
+            self._discard_pool()
         # raised outside the except block: no chained cause or context can carry the original text
         raise error
 
