@@ -101,6 +101,7 @@ def print_tables(doc: dict[str, Any]) -> None:
     ):
         h2h = doc[key]
         base, src = h2h["baseline"], h2h["source"]
+        watching, ratios = src["while_watching"], h2h["while_watching_ratios"]
         print()
         print(
             table(
@@ -114,6 +115,10 @@ def print_tables(doc: dict[str, Any]) -> None:
                      src["cpu_s"], src["wall_s"]],
                     ["ratio loop/source", h2h["requests_ratio"], h2h["bytes_ratio"], None,
                      h2h["cpu_ratio"], None],
+                    [f"{label}, while watching", watching["http_requests"], watching["bytes"],
+                     watching["pipelines"], watching["cpu_s"], None],
+                    ["ratio, while watching", ratios["requests_ratio"], ratios["bytes_ratio"],
+                     None, ratios["cpu_ratio"], None],
                 ],
             )
         )  # fmt: skip

@@ -7,6 +7,10 @@ Both sides start the same jobs with the same playbook task (async ``win_shell``,
   also takes ansible-playbook's own start-up out of the difference;
 - source: already watching the host (interval 1 s) while ``--tags start`` starts the jobs, until
   the last job's event; everything it sent counts, its pool opening and idle polls included.
+  The same side is also measured ``while_watching``: from the moment the start-only playbook
+  begins (the source already watching, as a rulebook daemon is) to the last event. That is the
+  window the loop's figures cover too: the start-only run it is reduced by opened a connection
+  as well, so neither side's connection setup, nor either process's start, counts there.
 
 The source talks to the host through an endpoint of its own (an alias of the same simulated
 host), so its requests are counted apart from the playbook's. CPU times move by tens of percent
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +67,19 @@ class _SourceSide:
     startup_cpu_s: float | None
     wall_s: float
     rss_kb: int
+    # from the start-only playbook's start to the last event
+    watching_traffic: Traffic
+    watching_cpu_s: float
     statuses: list[str] = field(default_factory=list)
+
+
+def _cpu_sample_after(source: SourceRun, events: EventFile, t: float) -> float:
+    """The source's CPU time at its first stats sample at or after ``t`` (one a second)."""
+    if not source.wait_for(lambda: events.sample_at(t) is not None, 10.0):
+        raise BenchError(f"the source wrote no stats after {t:.1f}; see {source.log_path}")
+    sample = events.sample_at(t)
+    assert sample is not None
+    return sample.cpu_s
 
 
 def _check_playbook(run: PlaybookRun, what: str) -> None:
@@ -95,6 +112,9 @@ def _watch_while_starting(
     try:
         if not source.wait_for(lambda: sims.polled_hosts([watch]) > 0, START_TIMEOUT_S):
             raise BenchError(f"the source never polled; see {source.log_path}")
+        began = time.time()
+        traffic_before = sims.traffic([watch])
+        cpu_before = _cpu_sample_after(source, events, began)
         start_only = run_playbook(
             sims, [host], CLASSIC_PLAYBOOK, extra, workdir, f"start-only-{rep}", tags="start"
         )
@@ -106,6 +126,8 @@ def _watch_while_starting(
                 f"see {source.log_path}\n{source.log_tail()}"
             )
         last_event = max(a.t for a in events.arrivals)
+        watching_traffic = sims.traffic([watch]) - traffic_before
+        watching_cpu = _cpu_sample_after(source, events, last_event) - cpu_before
     finally:
         exit_record = source.stop()
     if exit_record is None:
@@ -117,6 +139,8 @@ def _watch_while_starting(
         startup_cpu_s=first.cpu_s if first else None,
         wall_s=last_event - (first.t if first else last_event),
         rss_kb=events.max_rss_kb,
+        watching_traffic=watching_traffic,
+        watching_cpu_s=watching_cpu,
         statuses=sorted({a.status for a in events.arrivals}),
     )
     return start_only, side
@@ -183,6 +207,8 @@ def head_to_head(workdir: Path, cfg: HeadToHeadConfig) -> dict[str, Any]:
     wait_cpu = classic_sum["cpu_s"] - start_sum["cpu_s"]
     src_traffic = _median_traffic([s.traffic for s in sides])
     src_cpu = statistics.median(s.cpu_s for s in sides)
+    watching_traffic = _median_traffic([s.watching_traffic for s in sides])
+    watching_cpu = statistics.median(s.watching_cpu_s for s in sides)
     startups = [s.startup_cpu_s for s in sides if s.startup_cpu_s is not None]
     baseline = {
         "method": f"async_status + until: finished, retries {room}, delay 1 "
@@ -207,6 +233,13 @@ def head_to_head(workdir: Path, cfg: HeadToHeadConfig) -> dict[str, Any]:
         "rss_mb": round(max(s.rss_kb for s in sides) / 1024, 1),
         "events": cfg.jobs,
         "statuses": sorted({st for s in sides for st in s.statuses}),
+        "while_watching": {
+            "method": "from the start-only playbook's start to the last event, the source "
+            "already watching (its process start and pool opening not counted)",
+            **watching_traffic.as_dict(),
+            "cpu_s": round(watching_cpu, 3),
+            "cpu_s_each": [round(s.watching_cpu_s, 3) for s in sides],
+        },
     }
     return {
         "jobs": cfg.jobs,
@@ -222,6 +255,12 @@ def head_to_head(workdir: Path, cfg: HeadToHeadConfig) -> dict[str, Any]:
         "cpu_ratio_excluding_source_startup": _ratio(
             wait_cpu, src_cpu - (statistics.median(startups) if startups else 0.0)
         ),
+        # the same, counting on the source's side only the window the loop's figures cover
+        "while_watching_ratios": {
+            "requests_ratio": _ratio(wait_traffic.requests, watching_traffic.requests),
+            "bytes_ratio": _ratio(wait_traffic.bytes, watching_traffic.bytes),
+            "cpu_ratio": _ratio(wait_cpu, watching_cpu),
+        },
         "baseline": baseline,
         "source": src,
     }

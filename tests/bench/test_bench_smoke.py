@@ -84,6 +84,10 @@ def test_bench_smoke_writes_every_contract_key(tmp_path: Path) -> None:
     watch = doc["head_to_head_watch"]
     assert {"requests_ratio", "bytes_ratio", "cpu_ratio", "baseline", "source"} <= set(watch)
     assert watch["source"]["statuses"] == ["finished"]
+    # the window the loop's figures cover: from the jobs' start to the last event
+    assert {"requests_ratio", "bytes_ratio", "cpu_ratio"} <= set(watch["while_watching_ratios"])
+    watching = watch["source"]["while_watching"]
+    assert 0 < watching["http_requests"] <= watch["source"]["http_requests"]
     idle = doc["idle_cost_per_host_hour"]
     for mode in ("poll", "watch"):
         assert {"requests", "bytes", "cpu_ms"} <= set(idle[mode])
