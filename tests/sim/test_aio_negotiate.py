@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import spnego
 from winasync_eda.secret import Secret
 from winasync_eda.settings import HostSettings
 from winasync_eda.transports.aio_http import HttpClient
@@ -228,3 +231,34 @@ async def test_close_ends_the_poll_even_when_the_delete_cannot(
     await closing
     assert transport.channel is None
     assert ep.faults.hits(FaultKind.DELAY) == 1
+
+
+@pytest.mark.parametrize("own_pool", [True, False], ids=["source-pool", "no-pool-given"])
+async def test_the_logons_build_their_contexts_on_the_given_threads_not_the_loops(
+    sim: SimServerThread, ep: HostEndpoint, monkeypatch: pytest.MonkeyPatch, own_pool: bool
+) -> None:
+    """pyspnego blocks (Kerberos may ask a KDC): its contexts are built on the source's thread
+    pool, or without one on the client's own, never on the engine loop's default executor."""
+    threads: list[str] = []
+    build = spnego.client
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(spnego, "client", spy)  # aio_negotiate calls spnego.client
+    pool = ThreadPoolExecutor(2, thread_name_prefix="source-pool") if own_pool else None
+    http = HttpClient(executor=pool)
+    try:
+        transport = AioPsrpTransport(settings(sim, ep), 8.0, http, idle_timeout=120)
+        await transport.poll(PollRequest(ASYNC_DIR))
+        await transport.close()  # its Delete logs on, on a connection of its own
+    finally:
+        await http.close()
+    prefix = "source-pool" if own_pool else "winasync-logon"
+    assert len(threads) >= 2
+    assert all(name.startswith(prefix) for name in threads), threads
+    if pool is not None:
+        # the client's close leaves the source's pool to the source
+        assert pool.submit(threading.current_thread).result() is not None
+        pool.shutdown()

@@ -121,19 +121,20 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     )
     lost_after_ms = None if cfg.lost_after is None else int(cfg.lost_after * 1000)
     backends = _backends(cfg)
-    http = None
-    if "aio" in backends.values():
-        from .transports.aio_http import HttpClient
-
-        http = HttpClient()
     # pypsrp blocks: each poll in flight holds a thread, and a host stuck inside one pypsrp call
     # holds its thread until that call returns. The source's own pool, sized for
     # max_concurrency (in watch mode, plus one per pypsrp host: each has a waiting poll parked
-    # in a thread), leaves the engine's default executor alone.
+    # in a thread), leaves the engine's default executor alone; the asyncio client's logons
+    # (pyspnego blocks) run in it too.
     watching = sum(1 for b in backends.values() if b == "pypsrp") if cfg.mode == "watch" else 0
     executor = ThreadPoolExecutor(
         cfg.max_concurrency + watching + 8, thread_name_prefix="async_jobs-psrp"
     )
+    http = None
+    if "aio" in backends.values():
+        from .transports.aio_http import HttpClient
+
+        http = HttpClient(executor=executor)
     slots = [
         HostSlot(
             name=h.name,

@@ -22,7 +22,9 @@ import binascii
 import re
 import ssl
 import struct
-from typing import Any, Final
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import spnego
@@ -41,6 +43,7 @@ _OCTETS: Final = b"\tContent-Type: application/octet-stream\r\n"
 _LENGTH = re.compile(rb"Length=(\d+)")
 _TOKEN = re.compile(r"(?:Negotiate|Kerberos|NTLM)\s+([A-Za-z0-9+/=]+)", re.I)
 _MAX_HEADERS: Final = 100
+_T = TypeVar("_T")
 
 
 class SealError(Exception):
@@ -125,10 +128,17 @@ class Channel:
     """One logged-on TCP connection to a host; one request at a time (the caller's lock)."""
 
     def __init__(
-        self, settings: HostSettings, url: str, tls: ssl.SSLContext | bool, connect_timeout: float
+        self,
+        settings: HostSettings,
+        url: str,
+        tls: ssl.SSLContext | bool,
+        connect_timeout: float,
+        executor: Executor,
     ) -> None:
         parts = urlsplit(url)
         self._settings = settings
+        # the source's thread pool: pyspnego blocks, and the engine's default executor is not ours
+        self._executor = executor
         self._host = parts.hostname or ""
         self._port = parts.port or settings.effective_port
         self._target = parts.path or "/"
@@ -187,10 +197,10 @@ class Channel:
             # first, which may ask a KDC, or time out looking for one (5 s here, where no KDC
             # of the default realm answers): never on the event loop. Over HTTP it is made
             # before connecting, as the host may close a connection idle that long.
-            first = None if self._tls else await asyncio.to_thread(self._first_token, None)
+            first = None if self._tls else await self._in_thread(self._first_token, None)
             await self._connect()
             if first is None:
-                first = await asyncio.to_thread(self._first_token, self._binding())
+                first = await self._in_thread(self._first_token, self._binding())
             try:
                 await self._logon(*first, read_timeout)
                 return True
@@ -201,6 +211,9 @@ class Channel:
                         "connection error", "the host closed the connection during the logon"
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _in_thread(self, work: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
     async def _connect(self) -> None:
         try:
@@ -262,7 +275,7 @@ class Channel:
             if answer is not None and not context.complete:
                 try:
                     # Kerberos may ask the KDC here too
-                    token = await asyncio.to_thread(context.step, answer)
+                    token = await self._in_thread(context.step, answer)
                 except Exception as exc:
                     raise LogonError(_library_text(exc)) from None
             if status == 200:

@@ -398,7 +398,13 @@ class AioPsrpTransport(PsrpTransportCore):
         return Reply(status, reply)
 
     def _new_channel(self, endpoint: Endpoint) -> Channel:
-        return Channel(self.settings, endpoint.url, endpoint.ssl, endpoint.connect_timeout)
+        return Channel(
+            self.settings,
+            endpoint.url,
+            endpoint.ssl,
+            endpoint.connect_timeout,
+            self._http.executor,
+        )
 
     def _op_timeout(self, deadline: float | None = None) -> int:
         """The OperationTimeout (whole seconds), within what is left of the deadline."""
