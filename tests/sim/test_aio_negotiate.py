@@ -33,7 +33,7 @@ from tests.sim.test_aio_psrp import (
     waiting_poll,
 )
 from tests.waiting import async_wait_until
-from winsim.faults import FaultKind
+from winsim.faults import LOGON, FaultKind
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
@@ -262,3 +262,34 @@ async def test_the_logons_build_their_contexts_on_the_given_threads_not_the_loop
         # the client's close leaves the source's pool to the source
         assert pool.submit(threading.current_thread).result() is not None
         pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    "fault", [FaultKind.DROP, FaultKind.CLOSE], ids=["dropped-unanswered", "answered-then-closed"]
+)
+async def test_a_logon_the_host_cuts_off_is_made_again_and_the_poll_succeeds(
+    sim: SimServerThread,
+    ep: HostEndpoint,
+    http: HttpClient,
+    caplog: pytest.LogCaptureFixture,
+    fault: FaultKind,
+) -> None:
+    """The host drops the connection at the first Negotiate leg, or answers it (a 401 with its
+    challenge) and closes: the client logs on again, with a fresh context, on a new connection;
+    the poll answers, the finished job in it, and the password shows nowhere."""
+    caplog.set_level(logging.DEBUG)
+    jid = await finished_job(ep)
+    ep.faults.inject(fault, actions={LOGON}, count=1)
+    transport = AioPsrpTransport(settings(sim, ep), 8.0, http, idle_timeout=120)
+    try:
+        snapshot = await transport.poll(PollRequest(ASYNC_DIR))
+        assert [f.name for f in snapshot.changed] == [jid]
+        assert ep.faults.hits(fault) == 1
+        channel = transport.channel
+        assert channel is not None and channel.logons >= 2
+        assert ep.counters.get("Create").requests == 1
+        assert ep.counters.auth_failures == 0
+    finally:
+        await transport.close()
+    await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")
+    assert_not_shown([caplog.text], {"host password": PASSWORD})

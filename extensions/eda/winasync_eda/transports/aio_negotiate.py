@@ -7,7 +7,9 @@ all WinRM needs), and logs on again, with a fresh context, whenever it has to op
 after HTTP.sys closed an idle keep-alive connection, after a ``Connection: close``, or after a
 request that was cut off. A body is sealed only once the connection it goes on is logged on, so
 it can never carry the keys of a closed connection (pypsrp's failure, winrm-facts.md). A request
-on a reused connection that the host closed before answering is sent once more on a new one.
+on a reused connection that the host closed before answering is sent once more on a new one; a
+logon the host cut off (it closed or reset the connection mid-handshake) is made once more on a
+new connection, with a fresh context.
 
 Over HTTP bodies are sealed (MS-WSMV 2.2.9.1, ``multipart/encrypted``; ``seal``/``unseal``).
 Over HTTPS the logon carries the channel binding of the host's certificate
@@ -266,12 +268,19 @@ class Channel:
         self.logons += 1
         while True:
             headers = {"Authorization": f"Negotiate {base64.b64encode(token or b'').decode()}"}
-            status, reply_headers, _body = await self._exchange(headers, b"", read_timeout)
+            try:
+                status, reply_headers, _body = await self._exchange(headers, b"", read_timeout)
+            except ChannelError as exc:
+                if exc.kind != "connection error":
+                    raise
+                raise _Stale() from None  # a leg carries no request: safe to log on again
             answer = _host_token(reply_headers)
             if status == 401 and (answer is None or context.complete):
                 raise LogonRefused("the host refused the credentials")
             if status not in (200, 401):
                 raise ChannelError("HTTP error", f"status {status} during the logon")
+            if status == 401 and "close" in reply_headers.get("connection", "").lower():
+                raise _Stale()  # the handshake cannot go on: it starts over on a new connection
             if answer is not None and not context.complete:
                 try:
                     # Kerberos may ask the KDC here too
