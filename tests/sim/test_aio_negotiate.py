@@ -33,6 +33,7 @@ from tests.sim.test_aio_psrp import (
     waiting_poll,
 )
 from tests.waiting import async_wait_until
+from winsim.auth.negotiate import NegotiateGate
 from winsim.faults import LOGON, FaultKind
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
@@ -293,3 +294,35 @@ async def test_a_logon_the_host_cuts_off_is_made_again_and_the_poll_succeeds(
         await transport.close()
     await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")
     assert_not_shown([caplog.text], {"host password": PASSWORD})
+
+
+async def test_encryption_always_seals_inside_tls_as_pypsrp_does(
+    sim: SimServerThread, tmp_path: Path, http: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``encryption: always`` over HTTPS: bodies sealed with the logon's keys inside TLS, the
+    logon still bound to the certificate, as pypsrp does it; Windows (and the sim) accept it."""
+    sealed: list[int] = []
+    seal_reply = NegotiateGate.seal_reply
+
+    def spy(gate: NegotiateGate, conn: Any, body: bytes) -> tuple[str, bytes]:
+        sealed.append(len(body))
+        return seal_reply(gate, conn, body)
+
+    monkeypatch.setattr(NegotiateGate, "seal_reply", spy)
+    ep = add_host(sim, tmp_path, https=True)
+    try:
+        jid = await finished_job(ep, "sealed")
+        clients = transports(sim, ep, http, **wire(ep), encryption="always")
+        answers = {}
+        for name, transport in clients.items():
+            before = ep.counters.requests - ep.counters.get(LOGON).requests
+            sealed.clear()
+            answers[name] = (await first_answers({name: transport}))[name]
+            requests = ep.counters.requests - ep.counters.get(LOGON).requests - before
+            # every request of the client was sealed, so every reply was
+            assert len(sealed) == requests > 0, name
+        assert answers["aio"].changed == answers["pypsrp"].changed
+        assert [f.name for f in answers["aio"].changed] == [jid]
+        assert ep.open_shells == 0
+    finally:
+        sim.remove_host(ep.name)

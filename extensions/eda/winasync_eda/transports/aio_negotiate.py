@@ -13,7 +13,8 @@ new connection, with a fresh context.
 
 Over HTTP bodies are sealed (MS-WSMV 2.2.9.1, ``multipart/encrypted``; ``seal``/``unseal``).
 Over HTTPS the logon carries the channel binding of the host's certificate
-(``tls-server-end-point``, RFC 5929), and bodies go as they are.
+(``tls-server-end-point``, RFC 5929), and bodies go as they are, unless ``encryption: always``:
+then they are sealed inside TLS too, as pypsrp does, and as Windows accepts.
 """
 
 from __future__ import annotations
