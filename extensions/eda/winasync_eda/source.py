@@ -67,12 +67,16 @@ def make_transport(
     cfg: SourceConfig,
     executor: ThreadPoolExecutor | None = None,
     http: HttpClient | None = None,
+    backend: str | None = None,
 ) -> Transport:
     """The transport for one host (PSRP unless ``connection: local``); ``http``: the shared
-    session of the asyncio client, for the hosts ``psrp_backend`` gives it."""
+    session of the asyncio client, for the hosts ``psrp_backend`` gives it (``backend``: its
+    choice when already made)."""
     if host.connection == "local":
         return LocalTransport(host.name)
-    if http is not None and psrp_backend(host, cfg)[0] == "aio":
+    if backend is None and http is not None:
+        backend = psrp_backend(host, cfg)[0]
+    if http is not None and backend == "aio":
         from .transports.aio_psrp import AioPsrpTransport
 
         return AioPsrpTransport(
@@ -139,7 +143,7 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         HostSlot(
             name=h.name,
             async_dir=h.async_dir,
-            transport=make_transport(h, cfg, executor, http),
+            transport=make_transport(h, cfg, executor, http, backend=backends.get(h.name)),
             tracker=HostTracker(h.name, only=cfg.jids, lost_after_ms=lost_after_ms),
         )
         for h in cfg.hosts
