@@ -27,7 +27,7 @@ class FaultKind(enum.StrEnum):
     HTTP_ERROR = "http_error"
     # the reply waits ``delay`` seconds (make it longer than the client's read timeout)
     DELAY = "delay"
-    # the connection is cut in the middle of the reply body
+    # the connection is cut in the middle of the reply body (a logon leg: reset, unanswered)
     DROP = "drop"
     # the reply is whole, then the server closes the keep-alive connection (as HTTP.sys does
     # after 120 s idle): a Negotiate client must authenticate again on a new one
@@ -42,6 +42,9 @@ class FaultKind(enum.StrEnum):
 
 # kinds that only make sense for a request that names a shell
 _SHELL_KINDS = frozenset({FaultKind.SHELL_LOST, FaultKind.POOL_BROKEN})
+# the action of a Negotiate handshake leg (a POST without a body; counted under it too): a fault
+# applies to those legs only when its ``actions`` name it (CLOSE and DROP are carried out there)
+LOGON = "Auth"
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class Fault:
     period: float | None = None
 
     def matches(self, action: str, has_shell: bool) -> bool:
+        if self.actions is None and action == LOGON:
+            return False
         if self.actions is not None and action not in self.actions:
             return False
         if self.kind == FaultKind.POOL_BROKEN and action != "Receive":

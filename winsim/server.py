@@ -14,6 +14,7 @@ import logging
 import shutil
 import socket
 import ssl
+import struct
 import tempfile
 import weakref
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from winsim.auth.certificates import CertificateGate
 from winsim.auth.gates import AUTH_KINDS, BasicGate, Connection, Gate, Request
 from winsim.auth.negotiate import NegotiateGate
 from winsim.counters import Counters
-from winsim.faults import Fault, FaultKind, FaultPlan
+from winsim.faults import LOGON, Fault, FaultKind, FaultPlan
 from winsim.tls import DEFAULT_NAMES, CertificateAuthority
 from winsim.wsman import (
     ERROR_INVALID_PARAMETER,
@@ -384,12 +385,18 @@ class SimServer:
         if admission.status != 200 or not admission.body:
             # a refusal (counted under the request's action when it is readable), or a
             # handshake leg (counted as Auth; the last one gets a 200 with the final token)
-            action = _action_of(admission.body or data) if admission.refused else "Auth"
+            action = _action_of(admission.body or data) if admission.refused else LOGON
             endpoint.counters.record(action, len(data), 0)
             if admission.bad_credentials:
                 endpoint.counters.record_auth_failure()
             headers = CIMultiDict(admission.headers)
-            return web.Response(status=admission.status, headers=headers)
+            response = web.Response(status=admission.status, headers=headers)
+            leg_fault = endpoint.faults.take(LOGON, False) if action == LOGON else None
+            if leg_fault is not None and leg_fault.kind == FaultKind.DROP:
+                _reset(request)  # the connection goes mid-logon, this leg unanswered
+            elif leg_fault is not None and leg_fault.kind == FaultKind.CLOSE:
+                response.force_close()  # this leg answered, then the connection closed
+            return response
         try:
             req: WSManRequest | None = parse_request(admission.body)
         except WSManError:
@@ -495,6 +502,15 @@ def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+def _reset(request: web.Request) -> None:
+    """Abort with a TCP reset (SO_LINGER 0), as a host or a firewall dropping the connection."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    _abort(request)
 
 
 def _log_task_error(task: asyncio.Task[None]) -> None:

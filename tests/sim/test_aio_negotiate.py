@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import spnego
 from winasync_eda.secret import Secret
 from winasync_eda.settings import HostSettings
 from winasync_eda.transports.aio_http import HttpClient
@@ -22,9 +25,16 @@ from winasync_eda.transports.psrp import PsrpTransport
 
 from harness.sim_thread import SimServerThread
 from tests.secret_scan import assert_not_shown
-from tests.sim.test_aio_psrp import first_answers, host_settings, transports, waiting_poll
+from tests.sim.test_aio_psrp import (
+    first_answers,
+    host_settings,
+    kind,
+    transports,
+    waiting_poll,
+)
 from tests.waiting import async_wait_until
-from winsim.faults import FaultKind
+from winsim.auth.negotiate import NegotiateGate
+from winsim.faults import LOGON, FaultKind
 from winsim.host import SimHost
 from winsim.scripts.dispatch import execute
 from winsim.server import HostEndpoint
@@ -35,6 +45,20 @@ ASYNC_DIR = r"%USERPROFILE%\.ansible_async"
 # HTTP.sys closes an idle keep-alive connection after 120 s; here at once
 IDLE_CLOSE_S = 0.6
 _names = itertools.count()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_default_realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A krb5.conf without a default realm. pyspnego's negotiate tries Kerberos before NTLM, for
+    the default realm of the machine's krb5.conf (here Debian's, ATHENA.MIT.EDU, whose KDCs do
+    not answer): that cost 0 to 5.1 s per logon (5 s in about 1 of 40), and a Delete aside,
+    which logs on first, then missed its 5 s cleanup timeout. These tests time the client, not
+    that realm; close() ending a poll whatever a logon costs is tested on its own below."""
+    conf = tmp_path_factory.mktemp("krb5") / "krb5.conf"
+    conf.write_text("[libdefaults]\n\tdns_lookup_kdc = false\n\tdns_lookup_realm = false\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KRB5_CONFIG", str(conf))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +211,118 @@ async def test_close_ends_a_poll_that_still_waits(
     assert ep.open_shells == 0
     # the poll's connection is closed once the poll let go of it
     assert transport.channel is None
+
+
+async def test_close_ends_the_poll_even_when_the_delete_cannot(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient
+) -> None:
+    """The Delete that ends the pipeline logs on first, on a connection of its own; whatever
+    that costs (a KDC that does not answer; here a host that holds the Delete past the cleanup
+    timeout), the waiting poll ends at once, as closed."""
+    transport, waiting = await waiting_poll(sim, ep, http, **wire(ep))
+    ep.faults.inject(FaultKind.DELAY, actions={"Delete"}, delay=30.0, count=1)
+    closing = asyncio.create_task(transport.close())
+    done, _pending = await asyncio.wait(
+        {waiting, closing}, timeout=20, return_when=asyncio.FIRST_COMPLETED
+    )
+    assert done == {waiting}  # before the Delete gave up
+    failed = waiting.result()
+    assert isinstance(failed, TransportError)
+    assert kind(failed) == "closed"
+    await closing
+    assert transport.channel is None
+    assert ep.faults.hits(FaultKind.DELAY) == 1
+
+
+@pytest.mark.parametrize("own_pool", [True, False], ids=["source-pool", "no-pool-given"])
+async def test_the_logons_build_their_contexts_on_the_given_threads_not_the_loops(
+    sim: SimServerThread, ep: HostEndpoint, monkeypatch: pytest.MonkeyPatch, own_pool: bool
+) -> None:
+    """pyspnego blocks (Kerberos may ask a KDC): its contexts are built on the source's thread
+    pool, or without one on the client's own, never on the engine loop's default executor."""
+    threads: list[str] = []
+    build = spnego.client
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(spnego, "client", spy)  # aio_negotiate calls spnego.client
+    pool = ThreadPoolExecutor(2, thread_name_prefix="source-pool") if own_pool else None
+    http = HttpClient(executor=pool)
+    try:
+        transport = AioPsrpTransport(settings(sim, ep), 8.0, http, idle_timeout=120)
+        await transport.poll(PollRequest(ASYNC_DIR))
+        await transport.close()  # its Delete logs on, on a connection of its own
+    finally:
+        await http.close()
+    prefix = "source-pool" if own_pool else "winasync-logon"
+    assert len(threads) >= 2
+    assert all(name.startswith(prefix) for name in threads), threads
+    if pool is not None:
+        # the client's close leaves the source's pool to the source
+        assert pool.submit(threading.current_thread).result() is not None
+        pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    "fault", [FaultKind.DROP, FaultKind.CLOSE], ids=["dropped-unanswered", "answered-then-closed"]
+)
+async def test_a_logon_the_host_cuts_off_is_made_again_and_the_poll_succeeds(
+    sim: SimServerThread,
+    ep: HostEndpoint,
+    http: HttpClient,
+    caplog: pytest.LogCaptureFixture,
+    fault: FaultKind,
+) -> None:
+    """The host drops the connection at the first Negotiate leg, or answers it (a 401 with its
+    challenge) and closes: the client logs on again, with a fresh context, on a new connection;
+    the poll answers, the finished job in it, and the password shows nowhere."""
+    caplog.set_level(logging.DEBUG)
+    jid = await finished_job(ep)
+    ep.faults.inject(fault, actions={LOGON}, count=1)
+    transport = AioPsrpTransport(settings(sim, ep), 8.0, http, idle_timeout=120)
+    try:
+        snapshot = await transport.poll(PollRequest(ASYNC_DIR))
+        assert [f.name for f in snapshot.changed] == [jid]
+        assert ep.faults.hits(fault) == 1
+        channel = transport.channel
+        assert channel is not None and channel.logons >= 2
+        assert ep.counters.get("Create").requests == 1
+        assert ep.counters.auth_failures == 0
+    finally:
+        await transport.close()
+    await async_wait_until(lambda: ep.open_shells == 0, 10, "no shell left")
+    assert_not_shown([caplog.text], {"host password": PASSWORD})
+
+
+async def test_encryption_always_seals_inside_tls_as_pypsrp_does(
+    sim: SimServerThread, tmp_path: Path, http: HttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``encryption: always`` over HTTPS: bodies sealed with the logon's keys inside TLS, the
+    logon still bound to the certificate, as pypsrp does it; Windows (and the sim) accept it."""
+    sealed: list[int] = []
+    seal_reply = NegotiateGate.seal_reply
+
+    def spy(gate: NegotiateGate, conn: Any, body: bytes) -> tuple[str, bytes]:
+        sealed.append(len(body))
+        return seal_reply(gate, conn, body)
+
+    monkeypatch.setattr(NegotiateGate, "seal_reply", spy)
+    ep = add_host(sim, tmp_path, https=True)
+    try:
+        jid = await finished_job(ep, "sealed")
+        clients = transports(sim, ep, http, **wire(ep), encryption="always")
+        answers = {}
+        for name, transport in clients.items():
+            before = ep.counters.requests - ep.counters.get(LOGON).requests
+            sealed.clear()
+            answers[name] = (await first_answers({name: transport}))[name]
+            requests = ep.counters.requests - ep.counters.get(LOGON).requests - before
+            # every request of the client was sealed, so every reply was
+            assert len(sealed) == requests > 0, name
+        assert answers["aio"].changed == answers["pypsrp"].changed
+        assert [f.name for f in answers["aio"].changed] == [jid]
+        assert ep.open_shells == 0
+    finally:
+        sim.remove_host(ep.name)

@@ -19,7 +19,7 @@ async def test_cancel_closes_every_transport_and_flushes(tmp_path: Path) -> None
     hosts[0].write("j1.1", finished("j1.1"))
     made: list[FakeTransport] = []
 
-    def fake_transport(h: Any, cfg: Any, executor: Any = None, http: Any = None) -> FakeTransport:
+    def fake_transport(h: Any, cfg: Any, *unused: Any, **options: Any) -> FakeTransport:
         t = FakeTransport(next(x for x in hosts if x.name == h.name))
         made.append(t)
         return t
@@ -109,9 +109,13 @@ async def test_the_chosen_backend_builds_the_transport(monkeypatch: pytest.Monke
         basic = source.make_transport(settings(auth="basic", protocol="https"), cfg, None, http)
         ntlm = source.make_transport(settings(auth="ntlm"), cfg, None, http)
         credssp = source.make_transport(settings(auth="credssp"), cfg, None, http)
+        # the choice run() already made (and logged) is taken as it is, not made again
+        monkeypatch.setattr(source, "psrp_backend", lambda *unused: pytest.fail("chosen twice"))
+        chosen = source.make_transport(settings(auth="ntlm"), cfg, None, http, backend="pypsrp")
     finally:
         await http.close()
     assert isinstance(basic, AioPsrpTransport)
     assert basic.idle_timeout == source.IDLE_TIMEOUT_S
     assert isinstance(ntlm, AioPsrpTransport)
     assert isinstance(credssp, PsrpTransport)
+    assert isinstance(chosen, PsrpTransport)

@@ -67,12 +67,16 @@ def make_transport(
     cfg: SourceConfig,
     executor: ThreadPoolExecutor | None = None,
     http: HttpClient | None = None,
+    backend: str | None = None,
 ) -> Transport:
     """The transport for one host (PSRP unless ``connection: local``); ``http``: the shared
-    session of the asyncio client, for the hosts ``psrp_backend`` gives it."""
+    session of the asyncio client, for the hosts ``psrp_backend`` gives it (``backend``: its
+    choice when already made)."""
     if host.connection == "local":
         return LocalTransport(host.name)
-    if http is not None and psrp_backend(host, cfg)[0] == "aio":
+    if backend is None and http is not None:
+        backend = psrp_backend(host, cfg)[0]
+    if http is not None and backend == "aio":
         from .transports.aio_psrp import AioPsrpTransport
 
         return AioPsrpTransport(
@@ -121,24 +125,25 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
     )
     lost_after_ms = None if cfg.lost_after is None else int(cfg.lost_after * 1000)
     backends = _backends(cfg)
-    http = None
-    if "aio" in backends.values():
-        from .transports.aio_http import HttpClient
-
-        http = HttpClient()
     # pypsrp blocks: each poll in flight holds a thread, and a host stuck inside one pypsrp call
     # holds its thread until that call returns. The source's own pool, sized for
     # max_concurrency (in watch mode, plus one per pypsrp host: each has a waiting poll parked
-    # in a thread), leaves the engine's default executor alone.
+    # in a thread), leaves the engine's default executor alone; the asyncio client's logons
+    # (pyspnego blocks) run in it too.
     watching = sum(1 for b in backends.values() if b == "pypsrp") if cfg.mode == "watch" else 0
     executor = ThreadPoolExecutor(
         cfg.max_concurrency + watching + 8, thread_name_prefix="async_jobs-psrp"
     )
+    http = None
+    if "aio" in backends.values():
+        from .transports.aio_http import HttpClient
+
+        http = HttpClient(executor=executor)
     slots = [
         HostSlot(
             name=h.name,
             async_dir=h.async_dir,
-            transport=make_transport(h, cfg, executor, http),
+            transport=make_transport(h, cfg, executor, http, backend=backends.get(h.name)),
             tracker=HostTracker(h.name, only=cfg.jids, lost_after_ms=lost_after_ms),
         )
         for h in cfg.hosts

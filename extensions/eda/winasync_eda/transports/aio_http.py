@@ -17,6 +17,7 @@ import base64
 import os
 import ssl
 from asyncio import sslproto
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -36,6 +37,9 @@ _CONTENT_TYPE: Final = "application/soap+xml;charset=UTF-8"
 # at most 16 KiB, so 16 KiB reads cost only more read calls on a large answer (measured with
 # 500 parked hosts: 206 KB of RSS per host at 32 KiB, 145 KB at 16 KiB).
 TLS_READ_BUFFER: Final = 16 * 1024
+# threads of a client given no executor (tests, tools): logons only, each a few milliseconds
+# unless Kerberos waits for a KDC
+_OWN_LOGON_THREADS: Final = 4
 
 
 def supports(settings: HostSettings) -> str | None:
@@ -86,10 +90,15 @@ class Endpoint:
 
 
 class HttpClient:
-    """The source's one aiohttp session; TLS contexts shared by the hosts that share settings."""
+    """The source's one aiohttp session; TLS contexts shared by the hosts that share settings;
+    the thread pool the Negotiate logons build their security contexts in."""
 
-    def __init__(self, cleanups: int = 64) -> None:
+    def __init__(self, cleanups: int = 64, executor: Executor | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # pyspnego blocks (Kerberos may wait seconds for a KDC): the source's own pool, never the
+        # engine loop's default executor; without one, a small pool of this client's own
+        self._executor = executor
+        self._own_executor: ThreadPoolExecutor | None = None
         self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
         # Deletes after a cancel each need a connection of their own (the cancelled Receive's
         # is closed): at shutdown, 2,000 at once were 2,000 TLS handshakes at once, the peak of
@@ -106,10 +115,24 @@ class HttpClient:
             )
         return self._session
 
+    @property
+    def executor(self) -> Executor:
+        """Where the logons' blocking work runs."""
+        if self._executor is None:
+            self._own_executor = ThreadPoolExecutor(
+                _OWN_LOGON_THREADS, thread_name_prefix="winasync-logon"
+            )
+            self._executor = self._own_executor
+        return self._executor
+
     async def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        own, self._own_executor = self._own_executor, None
+        if own is not None:
+            self._executor = None
+            own.shutdown(wait=False, cancel_futures=True)
 
     def endpoint(self, settings: HostSettings) -> Endpoint:
         url = _url(settings)

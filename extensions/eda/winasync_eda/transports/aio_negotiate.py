@@ -7,11 +7,14 @@ all WinRM needs), and logs on again, with a fresh context, whenever it has to op
 after HTTP.sys closed an idle keep-alive connection, after a ``Connection: close``, or after a
 request that was cut off. A body is sealed only once the connection it goes on is logged on, so
 it can never carry the keys of a closed connection (pypsrp's failure, winrm-facts.md). A request
-on a reused connection that the host closed before answering is sent once more on a new one.
+on a reused connection that the host closed before answering is sent once more on a new one; a
+logon the host cut off (it closed or reset the connection mid-handshake) is made once more on a
+new connection, with a fresh context.
 
 Over HTTP bodies are sealed (MS-WSMV 2.2.9.1, ``multipart/encrypted``; ``seal``/``unseal``).
 Over HTTPS the logon carries the channel binding of the host's certificate
-(``tls-server-end-point``, RFC 5929), and bodies go as they are.
+(``tls-server-end-point``, RFC 5929), and bodies go as they are, unless ``encryption: always``:
+then they are sealed inside TLS too, as pypsrp does, and as Windows accepts.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import binascii
 import re
 import ssl
 import struct
-from typing import Any, Final
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import spnego
@@ -41,6 +46,7 @@ _OCTETS: Final = b"\tContent-Type: application/octet-stream\r\n"
 _LENGTH = re.compile(rb"Length=(\d+)")
 _TOKEN = re.compile(r"(?:Negotiate|Kerberos|NTLM)\s+([A-Za-z0-9+/=]+)", re.I)
 _MAX_HEADERS: Final = 100
+_T = TypeVar("_T")
 
 
 class SealError(Exception):
@@ -125,10 +131,17 @@ class Channel:
     """One logged-on TCP connection to a host; one request at a time (the caller's lock)."""
 
     def __init__(
-        self, settings: HostSettings, url: str, tls: ssl.SSLContext | bool, connect_timeout: float
+        self,
+        settings: HostSettings,
+        url: str,
+        tls: ssl.SSLContext | bool,
+        connect_timeout: float,
+        executor: Executor,
     ) -> None:
         parts = urlsplit(url)
         self._settings = settings
+        # the source's thread pool: pyspnego blocks, and the engine's default executor is not ours
+        self._executor = executor
         self._host = parts.hostname or ""
         self._port = parts.port or settings.effective_port
         self._target = parts.path or "/"
@@ -187,10 +200,10 @@ class Channel:
             # first, which may ask a KDC, or time out looking for one (5 s here, where no KDC
             # of the default realm answers): never on the event loop. Over HTTP it is made
             # before connecting, as the host may close a connection idle that long.
-            first = None if self._tls else await asyncio.to_thread(self._first_token, None)
+            first = None if self._tls else await self._in_thread(self._first_token, None)
             await self._connect()
             if first is None:
-                first = await asyncio.to_thread(self._first_token, self._binding())
+                first = await self._in_thread(self._first_token, self._binding())
             try:
                 await self._logon(*first, read_timeout)
                 return True
@@ -201,6 +214,9 @@ class Channel:
                         "connection error", "the host closed the connection during the logon"
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _in_thread(self, work: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
     async def _connect(self) -> None:
         try:
@@ -253,16 +269,23 @@ class Channel:
         self.logons += 1
         while True:
             headers = {"Authorization": f"Negotiate {base64.b64encode(token or b'').decode()}"}
-            status, reply_headers, _body = await self._exchange(headers, b"", read_timeout)
+            try:
+                status, reply_headers, _body = await self._exchange(headers, b"", read_timeout)
+            except ChannelError as exc:
+                if exc.kind != "connection error":
+                    raise
+                raise _Stale() from None  # a leg carries no request: safe to log on again
             answer = _host_token(reply_headers)
             if status == 401 and (answer is None or context.complete):
                 raise LogonRefused("the host refused the credentials")
             if status not in (200, 401):
                 raise ChannelError("HTTP error", f"status {status} during the logon")
+            if status == 401 and "close" in reply_headers.get("connection", "").lower():
+                raise _Stale()  # the handshake cannot go on: it starts over on a new connection
             if answer is not None and not context.complete:
                 try:
                     # Kerberos may ask the KDC here too
-                    token = await asyncio.to_thread(context.step, answer)
+                    token = await self._in_thread(context.step, answer)
                 except Exception as exc:
                     raise LogonError(_library_text(exc)) from None
             if status == 200:

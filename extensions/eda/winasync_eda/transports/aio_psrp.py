@@ -145,6 +145,8 @@ class AioPsrpTransport(PsrpTransportCore):
         self._abandoned: set[str] = set()
         # Deletes under way for pools given up by a cancelled poll (close() waits for them)
         self._cleanups: set[asyncio.Task[None]] = set()
+        # the deadline of the poll under way: close() brings it forward to end that poll
+        self._poll_scope: asyncio.Timeout | None = None
 
     def _target(self) -> Endpoint:
         if self._endpoint is None:
@@ -160,10 +162,12 @@ class AioPsrpTransport(PsrpTransportCore):
         async with self._lock:
             error: Exception = DeadlineError("no answer within the call deadline")
             try:
-                async with asyncio.timeout_at(_loop_time(deadline)):
+                async with asyncio.timeout_at(_loop_time(deadline)) as scope:
+                    self._poll_scope = scope
                     return await self._invoke(parameters, deadline, park)
             except TimeoutError:
-                pass  # the deadline above
+                if self._closed:  # the deadline above, brought forward by close()
+                    error = ClosedError("the transport was closed during the poll")
             except asyncio.CancelledError:
                 # a pipeline may be running (a parked Receive): the pool cannot take another
                 # one, so it goes, and its Delete ends the pipeline on the host
@@ -172,6 +176,7 @@ class AioPsrpTransport(PsrpTransportCore):
             except Exception as exc:  # every failure becomes a TransportError
                 error = exc
             finally:
+                self._poll_scope = None
                 if self._closed:
                     # close() ran while this poll held the connection
                     self._close_channel()
@@ -191,13 +196,22 @@ class AioPsrpTransport(PsrpTransportCore):
             return
         self._closed = True
         LOGGER.debug("%s: closing the PSRP runspace pool", self.settings.name)
-        # not under the lock: a poll may be parked on the pool for a minute; the Delete ends
-        # its pipeline, and that poll then fails as closed
+        # not under the lock: a poll may be parked on the pool for a minute. The Delete ends
+        # its pipeline on the host; the poll itself ends now, as closed, whatever it waits for:
+        # its Receive, a Create, or a logon (a Delete aside logs on too, and pyspnego may wait
+        # seconds for a KDC before it even connects)
         self._give_up_pool()
+        self._end_poll()
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         if not self.busy:
             self._close_channel()
+
+    def _end_poll(self) -> None:
+        """Bring the deadline of the poll under way forward to now: it fails as closed."""
+        scope = self._poll_scope
+        if scope is not None and not scope.expired():
+            scope.reschedule(asyncio.get_running_loop().time())
 
     @property
     def channel(self) -> Channel | None:
@@ -384,7 +398,13 @@ class AioPsrpTransport(PsrpTransportCore):
         return Reply(status, reply)
 
     def _new_channel(self, endpoint: Endpoint) -> Channel:
-        return Channel(self.settings, endpoint.url, endpoint.ssl, endpoint.connect_timeout)
+        return Channel(
+            self.settings,
+            endpoint.url,
+            endpoint.ssl,
+            endpoint.connect_timeout,
+            self._http.executor,
+        )
 
     def _op_timeout(self, deadline: float | None = None) -> int:
         """The OperationTimeout (whole seconds), within what is left of the deadline."""
