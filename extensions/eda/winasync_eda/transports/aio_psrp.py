@@ -145,6 +145,8 @@ class AioPsrpTransport(PsrpTransportCore):
         self._abandoned: set[str] = set()
         # Deletes under way for pools given up by a cancelled poll (close() waits for them)
         self._cleanups: set[asyncio.Task[None]] = set()
+        # shells whose Delete is under way (still open on the host until it answers)
+        self._deleting: set[str] = set()
 
     def _target(self) -> Endpoint:
         if self._endpoint is None:
@@ -235,6 +237,8 @@ class AioPsrpTransport(PsrpTransportCore):
             raise ClosedError("the transport is closed")
         LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.name)
         self._target()
+        if self._inherited:
+            await self._delete_inherited()
         envelopes = self._envelopes
         # one runspace: the function defined below lives in it, so every pipeline finds it
         psrp = FastRunspacePool(min_runspaces=1, max_runspaces=1)
@@ -247,6 +251,7 @@ class AioPsrpTransport(PsrpTransportCore):
         )
         pool = _Pool(psrp, created_shell_id(body))
         self._pool = pool
+        self._shells_changed()  # recorded now: a kill during the first wait would lose it
         # the host answers with its capability, its data and the pool's state: Opened, or
         # Broken (_events raises); the deadline bounds a host that says nothing
         while psrp.state != RunspacePoolState.Opened:
@@ -413,6 +418,7 @@ class AioPsrpTransport(PsrpTransportCore):
         pool, self._pool = self._pool, None
         if pool is not None and not self._closed and len(self._abandoned) < _MAX_ABANDONED:
             self._abandoned.add(pool.shell_id)
+        self._shells_changed()
 
     async def _discard_pool(self) -> None:
         """Forget the pool, after a best-effort Delete of its shell; never raises."""
@@ -421,6 +427,7 @@ class AioPsrpTransport(PsrpTransportCore):
             await self._delete_shell(pool.shell_id)
 
     async def _delete_shell(self, shell_id: str) -> None:
+        self._deleting.add(shell_id)
         try:
             async with self._http.cleanup_slots:
                 await asyncio.wait_for(self._delete(shell_id), _CLEANUP_TIMEOUT_S)
@@ -430,6 +437,9 @@ class AioPsrpTransport(PsrpTransportCore):
             self._debug_failure("deleting the shell", exc)
             if not self._closed and len(self._abandoned) < _MAX_ABANDONED:
                 self._abandoned.add(shell_id)
+        finally:
+            self._deleting.discard(shell_id)
+            self._shells_changed()
 
     async def _delete(self, shell_id: str) -> None:
         # its own connection, closed after it: 2,000 shells deleted at shutdown left 2,000
@@ -453,6 +463,21 @@ class AioPsrpTransport(PsrpTransportCore):
             LOGGER.debug(
                 "%s: deleted shell %s left open by a failed pool", self.settings.name, shell_id
             )
+        self._shells_changed()
+
+    async def _delete_inherited(self) -> None:
+        """Delete the shells a killed predecessor left, before this pool adds one. A fault:
+        already gone. Any other failure fails the poll, as the Create would have."""
+        for shell_id in sorted(self._inherited):
+            with contextlib.suppress(_FaultError):  # idled out, or the host rebooted
+                await self._delete(shell_id)
+            self._inherited.discard(shell_id)
+            LOGGER.debug("%s: deleted shell %s left by the last run", self.settings.name, shell_id)
+        self._shells_changed()
+
+    def _owned_shells(self) -> frozenset[str]:
+        pool = {self._pool.shell_id} if self._pool is not None else set()
+        return super()._owned_shells() | self._abandoned | self._deleting | pool
 
     def _debug_failure(self, what: str, exc: Exception) -> None:
         LOGGER.debug("%s: %s failed (%s)", self.settings.name, what, type(exc).__name__)
