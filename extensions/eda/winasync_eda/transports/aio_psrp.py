@@ -409,6 +409,7 @@ class AioPsrpTransport(PsrpTransportCore):
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        self._deleting.add(pool.shell_id)  # still open (and recorded) until the Delete ends
         task = asyncio.get_running_loop().create_task(self._delete_shell(pool.shell_id))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
