@@ -230,13 +230,14 @@ def test_500_hosts_a_killed_source_its_shells_and_a_restart(
     sim: SimServerThread, tmp_path: Path, backend: str, state_file: bool
 ) -> None:
     """The issue's case: killed while 500 pipelines wait, the source leaves 500 shells. The
-    restart works at once (MaxShellsPerUser 2 leaves room for its own), and the old shells go:
-    deleted by the restart when the state file named them (these hosts would keep them 10
-    minutes), else after the hosts' idle timeout (short here), while the live shells stay."""
+    restart works at once, and the old shells go. With the state file naming them, the restart
+    deletes them before it opens its own: these hosts allow one shell (MaxShellsPerUser 1) and
+    would keep the old one 10 minutes. Without, the hosts allow two, and the old shells go
+    after the hosts' idle timeout (short here) while the live ones stay."""
     count = 500
     state = tmp_path / "state.json" if state_file else None
     if state is not None:
-        attrs = {"max_shells_per_user": 2, "min_idle_timeout_s": 600.0}
+        attrs = {"max_shells_per_user": 1, "min_idle_timeout_s": 600.0}
         timeouts = {"watch_wait": 50, "operation_timeout": 55, "read_timeout": 65}
     else:
         # the live source's Receives come far within the idle timeout: its shells stay
