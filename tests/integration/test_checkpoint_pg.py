@@ -78,6 +78,27 @@ async def test_a_job_whose_file_is_gone_is_deleted_and_ids_have_their_own_tables
     assert rows(postgres, "winasync_checkpoint_p2") == [("win01", "j2.2", "finished")]
 
 
+async def test_open_shells_are_kept_in_a_table_of_their_own(postgres: Database) -> None:
+    first = Checkpoint(None, store(postgres))
+    await first.load()
+    first.set_shells("win01", {"A", "B"})
+    first.set_shells("win02", {"C"})
+    await first.flush()
+    first.set_shells("win02", set())  # deleted cleanly
+    first.set_shells("win01", {"B", "D"})
+    await first.flush()
+    await first.close()
+    # another node: the shells come from the database
+    again = Checkpoint(None, store(postgres))
+    await again.load()
+    await again.close()
+    assert again.shells() == {"win01": frozenset({"B", "D"})}
+    assert again.delivered_at("win01", "j1.1", "finished") is None
+    with psycopg.connect(postgres.conninfo()) as conn:
+        got = conn.execute('SELECT host, shell_id FROM "winasync_shells_p1" ORDER BY 1, 2')
+        assert got.fetchall() == [("win01", "B"), ("win01", "D")]
+
+
 async def test_unreachable_at_start_is_one_line_without_the_password(postgres: Database) -> None:
     params = {**postgres.params(), "port": free_port()}
     target = db_target(params, "checkpoint_db")

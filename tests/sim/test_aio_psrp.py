@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pypsrp.powershell import RunspacePool
 from winasync_eda.secret import Secret
 from winasync_eda.settings import HostSettings
 from winasync_eda.transports.aio_http import HttpClient
@@ -26,7 +28,7 @@ from winasync_eda.transports.base import (
 )
 from winasync_eda.transports.psrp import PsrpTransport
 
-from harness.sim_thread import SimServerThread
+from harness.sim_thread import SimServerThread, client_for
 from tests.waiting import async_wait_until
 from winsim.host import SimHost
 from winsim.server import HostEndpoint
@@ -230,4 +232,40 @@ async def test_close_ends_a_poll_that_still_waits(
     failed = await asyncio.wait_for(waiting, 5)
     assert isinstance(failed, TransportError)
     assert ep.host.waiting_polls == 0
+    assert ep.open_shells == 0
+
+
+@pytest.mark.parametrize("client", ["aio", "pypsrp"])
+async def test_the_shells_a_killed_run_left_are_deleted_and_no_other(
+    sim: SimServerThread, ep: HostEndpoint, http: HttpClient, client: str
+) -> None:
+    """The checkpoint names the shells of the run before: the first contact deletes them by
+    ShellId (one the host no longer knows counts as deleted), and leaves the shells of other
+    tools on the same account alone."""
+
+    def open_pool() -> RunspacePool:
+        pool = RunspacePool(client_for(ep, "ansible", PASSWORD, ca_bundle=sim.ca_bundle))
+        pool.open()
+        return pool
+
+    other = await asyncio.to_thread(open_pool)  # another tool's
+    left = await asyncio.to_thread(open_pool)  # the killed run's (it is never closed)
+    other_id, left_id = str(other.shell.id).upper(), str(left.shell.id).upper()
+    gone_id = str(uuid.uuid4()).upper()  # idled out since
+    transport = transports(sim, ep, http)[client]
+    assert isinstance(transport, AioPsrpTransport | PsrpTransport)
+    reports: list[frozenset[str]] = []
+    try:
+        transport.watch_shells({left_id, gone_id}, reports.append)
+        await async_wait_until(lambda: reports == [{left_id, gone_id}], 5, "the old shells")
+        await transport.poll(PollRequest(ASYNC_DIR))
+        shells = set(ep.service.shell_ids())
+        assert left_id not in shells
+        assert other_id in shells
+        (new_id,) = shells - {other_id}
+        await async_wait_until(lambda: reports[-1] == {new_id}, 5, "only the new shell")
+    finally:
+        await transport.close()
+        await asyncio.to_thread(other.close)
+    await async_wait_until(lambda: reports[-1] == set(), 5, "the closed pool forgotten")
     assert ep.open_shells == 0

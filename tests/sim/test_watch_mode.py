@@ -6,6 +6,7 @@ that idle out, and MaxShellsPerUser after a killed source."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,30 +189,10 @@ def test_an_idle_shell_is_closed_after_its_idle_timeout(
 def test_a_killed_source_leaves_its_shells_and_a_restart_works_at_once(
     sim: SimServerThread, tmp_path: Path, backend: str
 ) -> None:
-    hosts: dict[str, SimHost] = {}
-    specs = []
-    for i in range(3):
-        name = f"kill{i}"
-        host = SimHost(name, tmp_path / name)
-        host.attach_loop(sim.loop)
-        host.max_shells_per_user = 2
-        ep = sim.add_host(name, host, username="ansible", password=PASSWORD)
-        hosts[name] = host
-        specs.append({"name": name, "address": ep.address, "port": ep.port})
-    args = {
-        "hosts": specs,
-        "username": "ansible",
-        "password": PASSWORD,
-        "auth": "basic",
-        "protocol": "http",
-        **WATCH,
-        "watch_wait": 50,
-        "operation_timeout": 55,
-        "read_timeout": 65,
-    }
-    args_file = tmp_path / "args.json"
-    args_file.write_text(json.dumps(args), encoding="utf-8")
-    try:
+    with _fleet(sim, tmp_path, "kill", 3, max_shells_per_user=2) as hosts:
+        args_file = _args_file(
+            sim, tmp_path, hosts, watch_wait=50, operation_timeout=55, read_timeout=65
+        )
         first = _source(args_file, tmp_path / "first.jsonl")
         try:
             wait_until(
@@ -229,16 +212,210 @@ def test_a_killed_source_leaves_its_shells_and_a_restart_works_at_once(
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(30)
-        got = {
-            (e["async_job"]["host"], e["async_job"]["jid"])
-            for e in _events(tmp_path / "second.jsonl")
-        }
-        assert got == set(jids.items())
+        assert _outcomes(tmp_path / "second.jsonl") == set(jids.items())
         # the second source closed its own shells; the first one's wait for the idle timeout
         assert all(sim.endpoint(n).open_shells == 1 for n in hosts)
-    finally:
+
+
+# 500 hosts: on pypsrp a source opens them at about 10 a second of a core (its threads), so
+# these deadlines are generous; "at once" means without waiting for the old shells to go
+FLEET_DEADLINE_S = 180.0
+# without a state file, the killed source's shells idle out after this (s)
+SHORT_IDLE_S = 40.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("state_file", [True, False], ids=["state_file", "no_state_file"])
+def test_500_hosts_a_killed_source_its_shells_and_a_restart(
+    sim: SimServerThread, tmp_path: Path, backend: str, state_file: bool
+) -> None:
+    """The issue's case: killed while 500 pipelines wait, the source leaves 500 shells. The
+    restart works at once, and the old shells go. With the state file naming them, the restart
+    deletes them before it opens its own: these hosts allow one shell (MaxShellsPerUser 1) and
+    would keep the old one 10 minutes. Without, the hosts allow two, and the old shells go
+    after the hosts' idle timeout (short here) while the live ones stay."""
+    count = 500
+    state = tmp_path / "state.json" if state_file else None
+    if state is not None:
+        attrs = {"max_shells_per_user": 1, "min_idle_timeout_s": 600.0}
+        timeouts = {"watch_wait": 50, "operation_timeout": 55, "read_timeout": 65}
+    else:
+        # the live source's Receives come far within the idle timeout: its shells stay
+        attrs = {"max_shells_per_user": 2, "max_idle_timeout_s": SHORT_IDLE_S}
+        timeouts = {"watch_wait": 20, "operation_timeout": 25, "read_timeout": 30}
+    with _fleet(sim, tmp_path, "big", count, **attrs) as hosts:
+        args_file = _args_file(sim, tmp_path, hosts, state, max_concurrency=100, **timeouts)
+        first = _source(args_file, tmp_path / "first.jsonl")
+        try:
+            wait_until(
+                lambda: all(h.waiting_polls == 1 for h in hosts.values()),
+                FLEET_DEADLINE_S,
+                what="500 waiting polls",
+                step=0.2,
+            )
+            if state is not None:
+                wait_until(
+                    lambda: _recorded(state) == _open(sim, hosts), 20, "500 shells recorded", 0.2
+                )
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+        left = _open(sim, hosts)
+        assert all(len(ids) == 1 for ids in left.values()), "one shell left on each host"
+        deletes = _deletes(sim, hosts)
+        second = _source(args_file, tmp_path / "second.jsonl")
+        try:
+            jids = {name: h.start_job("finished", 0.2) for name, h in hosts.items()}
+            wait_until(
+                lambda: len(_events(tmp_path / "second.jsonl")) == count,
+                FLEET_DEADLINE_S,
+                "an event from every host",
+                step=0.2,
+            )
+            if state is not None:
+                wait_until(lambda: _none_left(sim, left), 30, "the old shells deleted", 0.2)
+                # by the restart: one Delete per old shell (they would idle out in 10 minutes)
+                assert _deletes(sim, hosts) - deletes >= count
+            else:
+                wait_until(
+                    lambda: _none_left(sim, left), SHORT_IDLE_S + 50, "the old shells idle out", 0.2
+                )
+            now = _open(sim, hosts)
+            assert all(len(ids) == 1 for ids in now.values()), "only the live shell on each host"
+            if state is not None:
+                wait_until(lambda: _recorded(state) == now, 20, "the live shells recorded", 0.2)
+            else:
+                # the live shells outlived the short idle timeout: the source still works
+                late = {hosts[name].start_job("finished", 0.1) for name in list(hosts)[:5]}
+                wait_until(lambda: late <= _jids(tmp_path / "second.jsonl"), 30, "later events")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(60)
+        assert set(jids.items()) <= _outcomes(tmp_path / "second.jsonl")
+        if state is not None:
+            # the stop deleted the shells; any it could not in time is recorded for the next
+            recorded = _recorded(state)
+            assert all(ids <= recorded.get(n, set()) for n, ids in _open(sim, hosts).items())
+
+
+def test_a_crash_loop_with_a_state_file_keeps_one_shell_per_host(
+    sim: SimServerThread, tmp_path: Path, backend: str
+) -> None:
+    """Killed four times in a row, faster than any idle timeout, with MaxShellsPerUser 2:
+    each life deletes what the one before it left, so each works at once, with one pool per
+    host per life (a Create refused for the quota would be retried: one more)."""
+    lives = 4
+    state = tmp_path / "state.json"
+    with _fleet(sim, tmp_path, "loop", 3, max_shells_per_user=2) as hosts:
+        args_file = _args_file(
+            sim, tmp_path, hosts, state, watch_wait=50, operation_timeout=55, read_timeout=65
+        )
+        for life in range(lives):
+            events = tmp_path / f"life{life}.jsonl"
+            source = _source(args_file, events)
+            try:
+                jids = {h.start_job("finished", 0.1) for h in hosts.values()}
+                wait_until(
+                    lambda jids=jids, events=events: jids <= _jids(events),  # type: ignore[misc]
+                    30,
+                    what=f"life {life}: three events",
+                )
+                # the shells on the hosts are this life's, and the state file names them
+                wait_until(lambda: _recorded(state) == _open(sim, hosts), 20, "shells recorded")
+                assert all(len(ids) == 1 for ids in _open(sim, hosts).values())
+            finally:
+                source.send_signal(signal.SIGKILL)
+                source.wait(10)
+        assert all(sim.endpoint(n).counters.get("Create").requests == lives for n in hosts)
+        assert all(sim.endpoint(n).open_shells == 1 for n in hosts)
+
+
+@contextmanager
+def _fleet(
+    sim: SimServerThread, tmp_path: Path, prefix: str, count: int, **attrs: Any
+) -> Iterator[dict[str, SimHost]]:
+    """``count`` hosts on the module's server (one port each, one loop for all), with
+    ``attrs`` set on each (its quotas); removed on exit."""
+    hosts = {
+        f"{prefix}{i:03d}": SimHost(f"{prefix}{i:03d}", tmp_path / "hosts") for i in range(count)
+    }
+    for host in hosts.values():
+        for key, value in attrs.items():
+            setattr(host, key, value)
+
+    async def add_all() -> None:
+        for name, host in hosts.items():
+            await sim.server.add_host(name, host, username="ansible", password=PASSWORD)
+
+    async def remove_all() -> None:
         for name in hosts:
-            sim.remove_host(name)
+            with contextlib.suppress(KeyError):
+                await sim.server.remove_host(name)
+
+    try:
+        sim.call(add_all())
+        yield hosts
+    finally:
+        sim.call(remove_all())
+
+
+def _args_file(
+    sim: SimServerThread,
+    tmp_path: Path,
+    hosts: dict[str, SimHost],
+    state_file: Path | None = None,
+    **options: Any,
+) -> Path:
+    """The source's arguments for these hosts (Basic over HTTP, watch mode), as a file."""
+    specs = []
+    for name in hosts:
+        ep = sim.endpoint(name)
+        specs.append({"name": name, "address": ep.address, "port": ep.port})
+    args = {
+        "hosts": specs,
+        "username": "ansible",
+        "password": PASSWORD,
+        "auth": "basic",
+        "protocol": "http",
+        **WATCH,
+        **options,
+    }
+    if state_file is not None:
+        args["state_file"] = str(state_file)
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps(args), encoding="utf-8")
+    return path
+
+
+def _deletes(sim: SimServerThread, hosts: dict[str, SimHost]) -> int:
+    return sum(sim.endpoint(n).counters.get("Delete").requests for n in hosts)
+
+
+def _open(sim: SimServerThread, hosts: dict[str, SimHost]) -> dict[str, set[str]]:
+    """The ids of the shells open on each host."""
+    return {name: set(sim.endpoint(name).service.shell_ids()) for name in hosts}
+
+
+def _none_left(sim: SimServerThread, shells: dict[str, set[str]]) -> bool:
+    """None of these shells is open any more on its host."""
+    return all(not ids & set(sim.endpoint(n).service.shell_ids()) for n, ids in shells.items())
+
+
+def _recorded(state: Path) -> dict[str, set[str]]:
+    """The shells the state file names for each host (hosts without any left out)."""
+    if not state.exists():
+        return {}
+    shells = json.loads(state.read_text(encoding="utf-8")).get("shells", {})
+    return {host: {i.upper() for i in ids} for host, ids in shells.items() if ids}
+
+
+def _jids(path: Path) -> set[str]:
+    return {jid for unused, jid in _outcomes(path)}
+
+
+def _outcomes(path: Path) -> set[tuple[str, str]]:
+    """(host, jid) of each job event in an events file."""
+    return {(e["async_job"]["host"], e["async_job"]["jid"]) for e in _events(path)}
 
 
 def _source(args_file: Path, events: Path) -> subprocess.Popen[bytes]:

@@ -69,3 +69,65 @@ async def test_corrupt_state_file_is_one_clear_error(tmp_path: Path) -> None:
     state.write_text("{not json")
     with pytest.raises(CheckpointError, match="state_file"):
         await Checkpoint(state).load()
+
+
+async def test_a_state_file_from_before_shells_were_kept_loads(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    state.write_text('{"version": 1, "delivered": {"win01": {"j1.1": {"finished": 5}}}}')
+    checkpoint = Checkpoint(state)
+    await checkpoint.load()
+    assert checkpoint.shells() == {}
+    assert checkpoint.delivered_at("win01", "j1.1", "finished") == 5
+    # written again, it gains the key and keeps what was there
+    checkpoint.set_shells("win01", {"A"})
+    await checkpoint.flush()
+    saved = json.loads(state.read_text())
+    assert saved["shells"] == {"win01": ["A"]}
+    assert saved["delivered"] == {"win01": {"j1.1": {"finished": 5}}}
+
+
+async def test_open_shells_are_written_at_once_and_read_back(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    checkpoint = Checkpoint(state)
+    await checkpoint.load()
+    checkpoint.set_shells("win01", {"A", "B"})
+    checkpoint.set_shells("win02", {"C"})
+    checkpoint.set_shells("win03", {"D"})
+    checkpoint.set_shells("win03", set())  # deleted cleanly: forgotten
+    # no event, no explicit flush: a pool just opened must reach the disk before a kill
+    await async_wait_until(lambda: _shells(state) == {"win01": ["A", "B"], "win02": ["C"]}, 5, "")
+    again = Checkpoint(state)
+    await again.load()
+    assert again.shells() == {"win01": frozenset({"A", "B"}), "win02": frozenset({"C"})}
+    await checkpoint.close()
+
+
+async def test_a_failed_write_of_the_shells_is_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "dir" / "s.json"
+    checkpoint = Checkpoint(state)
+    await checkpoint.load()
+    (tmp_path / "dir").write_text("a file where the directory should be")
+    checkpoint.set_shells("win01", {"A"})
+    await async_wait_until(lambda: "recording the open shells failed" in caplog.text, 5, "")
+    (tmp_path / "dir").unlink()
+    await checkpoint.flush()
+    assert _shells(state) == {"win01": ["A"]}
+
+
+@pytest.mark.parametrize(
+    "shells", ['{"win01": "A"}', '["A"]', '{"win01": [1]}'], ids=["string", "list", "number"]
+)
+async def test_a_state_file_with_bad_shells_is_one_clear_error(tmp_path: Path, shells: str) -> None:
+    state = tmp_path / "s.json"
+    state.write_text(f'{{"version": 1, "delivered": {{}}, "shells": {shells}}}')
+    with pytest.raises(CheckpointError, match="unexpected layout"):
+        await Checkpoint(state).load()
+
+
+def _shells(state: Path) -> dict[str, list[str]]:
+    if not state.exists():
+        return {}
+    shells: dict[str, list[str]] = json.loads(state.read_text())["shells"]
+    return shells

@@ -122,6 +122,9 @@ class FakeHost:
     define_steps: deque[Step] = field(default_factory=deque)  # for the define pipelines
     open_errors: deque[Exception] = field(default_factory=deque)
     pool_close_error: Exception | None = None
+    delete_errors: deque[Exception] = field(default_factory=deque)
+    # what reached the host, in order: ("delete", shell id), ("open", shell id)
+    log: list[tuple[str, str | None]] = field(default_factory=list)
     wsmans: list[FakeWSMan] = field(default_factory=list)
     pools: list[FakePool] = field(default_factory=list)
     pipelines: list[FakePowerShell] = field(default_factory=list)  # the poll pipelines
@@ -138,10 +141,17 @@ class FakeWSMan:
     def __init__(self, host: FakeHost, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.closed = 0
+        self.host = host
         host.wsmans.append(self)
 
     def close(self) -> None:
         self.closed += 1
+
+    def delete(self, resource_uri: str, selector_set: Any = None) -> None:
+        assert resource_uri == FakeShell.resource_uri
+        self.host.log.append(("delete", {n: v for n, v, unused in selector_set.values}["ShellId"]))
+        if self.host.delete_errors:
+            raise self.host.delete_errors.popleft()
 
 
 class FakeShell:
@@ -169,6 +179,7 @@ class FakePool:
         if self.host.open_errors:
             raise self.host.open_errors.popleft()
         self.shell.id, self.shell.opened = f"SHELL-{len(self.host.pools)}", True
+        self.host.log.append(("open", self.shell.id))
 
     def close(self) -> None:
         self.closed += 1
@@ -660,6 +671,43 @@ async def test_cleanup_errors_never_escape(
     await transport.close()
     assert host.pools[-1].closed == 1
     assert_no_password(info.value, caplog)
+
+
+# ---- shells a killed run left (the checkpoint names them) ----
+
+
+async def test_shells_a_killed_run_left_are_deleted_before_the_first_pool(
+    host: FakeHost, transport: PsrpTransport
+) -> None:
+    reports: list[frozenset[str]] = []
+    transport.watch_shells({"OLD-1", "OLD-2"}, reports.append)
+    # OLD-1 idled out already: the host refuses its Delete, which counts as done
+    host.delete_errors.append(
+        WSManFaultError(2150858843, "win01", "The shell was not found", None, None, None)
+    )
+    await transport.poll(REQUEST)
+    assert host.log == [("delete", "OLD-1"), ("delete", "OLD-2"), ("open", "SHELL-1")]
+    await async_wait_until(lambda: reports[-1] == {"SHELL-1"}, 5, "the new shell reported")
+    assert reports[0] == {"OLD-1", "OLD-2"}
+    await transport.poll(REQUEST)
+    assert host.log[-1] == ("open", "SHELL-1")  # deleted once, at the first contact
+    await transport.close()
+    await async_wait_until(lambda: reports[-1] == set(), 5, "the closed pool forgotten")
+
+
+async def test_a_host_that_does_not_answer_the_delete_keeps_the_old_shells(
+    host: FakeHost, transport: PsrpTransport
+) -> None:
+    reports: list[frozenset[str]] = []
+    transport.watch_shells({"OLD-1"}, reports.append)
+    host.delete_errors.append(requests.exceptions.ConnectionError("refused"))
+    # the poll fails as the Create would have: no pool opened on a host that did not answer
+    with pytest.raises(TransportError, match="connection error"):
+        await transport.poll(REQUEST)
+    assert host.log == [("delete", "OLD-1")]
+    await transport.poll(REQUEST)
+    assert host.log == [("delete", "OLD-1"), ("delete", "OLD-1"), ("open", "SHELL-1")]
+    await async_wait_until(lambda: reports[-1] == {"SHELL-1"}, 5, "only the new shell left")
 
 
 # ---- deadline ----

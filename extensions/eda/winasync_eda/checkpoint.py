@@ -5,6 +5,10 @@ Two places to keep it: a file (``state_file``, this module) or a PostgreSQL tabl
 changes since its last save. The file is small JSON, rewritten whole with write-to-temp + fsync + rename, so a crash leaves
 either the old or the new version, never a torn one. An entry is dropped once its job file is
 gone from the host: from then on nothing could emit it again anyway.
+
+Beside the outcomes it keeps each host's open WinRM shells (``shells``), written as soon as a
+pool opens: a killed source cannot delete them, so the next start does (by ShellId) before
+the host's MaxShellsPerUser fills up with one leftover per restart.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ FORMAT_VERSION = 1
 
 # host -> jid -> status -> delivered at (ms since the epoch)
 Delivered = dict[str, dict[str, dict[str, int]]]
+# host -> ids of the shells this source has open there (or failed to delete)
+Shells = dict[str, frozenset[str]]
 
 
 class CheckpointError(Exception):
@@ -39,12 +45,15 @@ class Changes:
 
     removed: set[tuple[str, str]] = field(default_factory=set)
     upserts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # host -> its open shells now (an empty set: none left)
+    shells: Shells = field(default_factory=dict)
 
     def merge_newer(self, newer: Changes) -> None:
         for host, jid in newer.removed:
             self.remove(host, jid)
         for key, at in newer.upserts.items():
             self.upserts[key] = at
+        self.shells.update(newer.shells)
 
     def remove(self, host: str, jid: str) -> None:
         self.removed.add((host, jid))
@@ -56,6 +65,8 @@ class CheckpointStore(Protocol):
     """A place other than the file: loaded whole once, then saved change by change."""
 
     async def load(self) -> Delivered: ...
+
+    async def load_shells(self) -> Shells: ...
 
     async def save(self, changes: Changes) -> None: ...
 
@@ -70,13 +81,21 @@ class Checkpoint:
         self.path = path
         self.store = store
         self._delivered: Delivered = {}
+        self._shells: Shells = {}
         self._dirty = False
         self._changes = Changes()
         self._write_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def persistent(self) -> bool:
+        """True when the checkpoint outlives the process (a file or a store)."""
+        return self.path is not None or self.store is not None
 
     async def load(self) -> None:
         if self.store is not None:
             self._delivered = await self.store.load()
+            self._shells = await self.store.load_shells()
             return
         if self.path is None:
             return
@@ -91,7 +110,7 @@ class Checkpoint:
             return
         except OSError as exc:
             raise CheckpointError(f"state_file: cannot read {self.path}: {exc.strerror}") from None
-        self._delivered = _parse(raw, self.path)
+        self._delivered, self._shells = _parse(raw, self.path)
         LOGGER.info(
             "state file %s: %d delivered outcomes on %d hosts",
             self.path,
@@ -134,6 +153,38 @@ class Checkpoint:
         if not jobs:
             del self._delivered[host]
 
+    def shells(self) -> Shells:
+        """Each host's shells as the last life left them (or as this one reported them)."""
+        return dict(self._shells)
+
+    def set_shells(self, host: str, shell_ids: AbstractSet[str]) -> None:
+        """A host's open shells changed: written soon, without waiting for the next event (a
+        kill before the next poll ends would otherwise lose a shell just opened)."""
+        ids = frozenset(shell_ids)
+        if self._shells.get(host, frozenset()) == ids:
+            return
+        if ids:
+            self._shells[host] = ids
+        else:
+            self._shells.pop(host, None)
+        self._changes.shells[host] = ids
+        self._dirty = True
+        if self.persistent and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_soon(), name="async_jobs-checkpoint-shells"
+            )
+
+    async def _flush_soon(self) -> None:
+        """Flush until nothing is left (hosts that open pools together share the writes)."""
+        try:
+            while self._dirty:
+                await self.flush()
+        except Exception as exc:  # the next flush after an event tries again
+            LOGGER.warning(
+                "checkpoint: recording the open shells failed (%s): tried again later",
+                type(exc).__name__,
+            )
+
     async def flush(self) -> None:
         """Write the file if anything changed since the last write."""
         async with self._write_lock:
@@ -154,12 +205,18 @@ class Checkpoint:
                 raise
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         if self.store is not None:
             await self.store.close()
 
     async def _write(self, path: Path) -> None:
+        shells = {host: sorted(ids) for host, ids in self._shells.items()}
         data = json.dumps(
-            {"version": FORMAT_VERSION, "delivered": self._delivered}, sort_keys=True
+            {"version": FORMAT_VERSION, "delivered": self._delivered, "shells": shells},
+            sort_keys=True,
         ).encode()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         await aiofiles.os.makedirs(path.parent, exist_ok=True)
@@ -170,7 +227,7 @@ class Checkpoint:
         await aiofiles.os.replace(tmp, path)
 
 
-def _parse(raw: bytes, path: Path) -> Delivered:
+def _parse(raw: bytes, path: Path) -> tuple[Delivered, Shells]:
     try:
         doc: Any = json.loads(raw) if raw.strip() else {"version": FORMAT_VERSION, "delivered": {}}
     except ValueError:
@@ -186,6 +243,16 @@ def _parse(raw: bytes, path: Path) -> Delivered:
         )
         for jobs in delivered.values()
     )
+    # "shells" came later: a file without it has none recorded
+    shells = doc.get("shells", {})
+    ok = (
+        ok
+        and isinstance(shells, dict)
+        and all(
+            isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+            for ids in shells.values()
+        )
+    )
     if not ok:
         raise CheckpointError(f"state_file: {path} has an unexpected layout")
-    return cast(Delivered, delivered)
+    return cast(Delivered, delivered), {host: frozenset(ids) for host, ids in shells.items() if ids}

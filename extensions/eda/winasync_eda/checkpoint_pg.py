@@ -2,7 +2,8 @@
 disk) knows what the one before it delivered.
 
 One table per persistence id (``winasync_checkpoint_<id>``), created when missing; one row per
-delivered (host, jid, status). Each flush is one transaction (deletes of jobs whose file is
+delivered (host, jid, status). A second one (``winasync_shells_<id>``) holds each host's open
+shells, one row per (host, shell id), so the next start can delete what a killed one left. Each flush is one transaction (deletes of jobs whose file is
 gone, then upserts), so a crash at any moment leaves the previous or the next state, never a
 mix. While the database is unreachable a flush waits and retries (tenacity, backoff up to
 ``RETRY_MAX_S``) and nothing is dropped: the outcomes stay in memory, and the source emits
@@ -33,10 +34,11 @@ from .secret import Secret, mask
 if TYPE_CHECKING:
     import psycopg
 
-    from .checkpoint import Changes, Delivered
+    from .checkpoint import Changes, Delivered, Shells
 
 LOGGER = logging.getLogger(__name__)
 TABLE_PREFIX = "winasync_checkpoint_"
+SHELLS_TABLE_PREFIX = "winasync_shells_"
 CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 DB_KEYS = frozenset(
     {"host", "port", "dbname", "user", "password"}
@@ -141,8 +143,10 @@ class PostgresStore:
         self.target = target
         self.ident = ident
         self.table = TABLE_PREFIX + ident
+        self.shells_table = SHELLS_TABLE_PREFIX + ident
         self.retry_max_s = retry_max_s
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._loaded_shells: Shells = {}
 
     def _text(self, exc: BaseException) -> str:
         """The first line of a driver error, secrets masked."""
@@ -181,17 +185,33 @@ class PostgresStore:
                         " PRIMARY KEY (host, jid, status))"
                     ).format(sql.Identifier(self.table))
                 )
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} (host text NOT NULL,"
+                        " shell_id text NOT NULL, PRIMARY KEY (host, shell_id))"
+                    ).format(sql.Identifier(self.shells_table))
+                )
                 cur = await conn.execute(
                     sql.SQL("SELECT host, jid, status, delivered_at FROM {}").format(
                         sql.Identifier(self.table)
                     )
                 )
                 rows = await cur.fetchall()
+                cur = await conn.execute(
+                    sql.SQL("SELECT host, shell_id FROM {}").format(
+                        sql.Identifier(self.shells_table)
+                    )
+                )
+                shell_rows = await cur.fetchall()
         except Exception as exc:
             await self._drop_connection()
             raise CheckpointDbError(
                 f"checkpoint_db: cannot use PostgreSQL at {self.target.describe()}: {self._text(exc)}"
             ) from None
+        shells: dict[str, set[str]] = {}
+        for host, shell_id in shell_rows:
+            shells.setdefault(host, set()).add(shell_id)
+        self._loaded_shells = {host: frozenset(ids) for host, ids in shells.items()}
         delivered: Delivered = {}
         for host, jid, status, at in rows:
             delivered.setdefault(host, {}).setdefault(jid, {})[status] = int(at)
@@ -202,6 +222,10 @@ class PostgresStore:
             len(rows),
         )
         return delivered
+
+    async def load_shells(self) -> Shells:
+        """The shells the last run recorded (read by ``load``, in its transaction)."""
+        return self._loaded_shells
 
     async def save(self, changes: Changes) -> None:
         """Apply ``changes`` in one transaction; wait and retry while the database is away."""
@@ -249,6 +273,18 @@ class PostgresStore:
                     ).format(table),
                     [(*key, at) for key, at in sorted(changes.upserts.items())],
                 )
+            if changes.shells:
+                shells = sql.Identifier(self.shells_table)
+                await cur.executemany(
+                    sql.SQL("DELETE FROM {} WHERE host = %s").format(shells),
+                    [(host,) for host in sorted(changes.shells)],
+                )
+                rows = [(h, i) for h, ids in sorted(changes.shells.items()) for i in sorted(ids)]
+                if rows:
+                    await cur.executemany(
+                        sql.SQL("INSERT INTO {} (host, shell_id) VALUES (%s, %s)").format(shells),
+                        rows,
+                    )
 
     async def close(self) -> None:
         await self._drop_connection()

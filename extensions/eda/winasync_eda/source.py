@@ -7,6 +7,7 @@ left open on the hosts, and the checkpoint is flushed before CancelledError goes
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from .settings import HostSettings
 from .tracker import HostTracker
 from .transports.base import Transport
 from .transports.local import LocalTransport
+from .transports.psrp_common import PsrpTransportCore
 
 if TYPE_CHECKING:
     from .transports.aio_http import HttpClient
@@ -148,6 +150,8 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         )
         for h in cfg.hosts
     ]
+    if checkpoint.persistent:
+        _keep_shells(slots, checkpoint)
     timing = Timing(
         interval=cfg.interval,
         jitter=cfg.jitter,
@@ -189,6 +193,21 @@ async def run(queue: asyncio.Queue[Any], args: Mapping[str, Any]) -> None:
         executor.shutdown(wait=False, cancel_futures=True)
         if http is not None:
             await asyncio.shield(http.close())
+
+
+def _keep_shells(slots: list[HostSlot], checkpoint: Checkpoint) -> None:
+    """Hand each host's transport the shells the last run left there (a killed source deletes
+    none, and each restart would add one towards MaxShellsPerUser), and record in the
+    checkpoint the shells each one has open from now on."""
+    left = checkpoint.shells()
+    for slot in slots:
+        if isinstance(slot.transport, PsrpTransportCore):
+            slot.transport.watch_shells(
+                left.pop(slot.name, frozenset()),
+                functools.partial(checkpoint.set_shells, slot.name),
+            )
+    for host in left:  # not watched any more: nothing will delete them, they idle out
+        checkpoint.set_shells(host, frozenset())
 
 
 def _backends(cfg: SourceConfig) -> dict[str, str]:

@@ -147,6 +147,8 @@ class AioPsrpTransport(PsrpTransportCore):
         self._cleanups: set[asyncio.Task[None]] = set()
         # the deadline of the poll under way: close() brings it forward to end that poll
         self._poll_scope: asyncio.Timeout | None = None
+        # shells whose Delete is under way (still open on the host until it answers)
+        self._deleting: set[str] = set()
 
     def _target(self) -> Endpoint:
         if self._endpoint is None:
@@ -249,6 +251,8 @@ class AioPsrpTransport(PsrpTransportCore):
             raise ClosedError("the transport is closed")
         LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.name)
         self._target()
+        if self._inherited:
+            await self._delete_inherited()
         envelopes = self._envelopes
         # one runspace: the function defined below lives in it, so every pipeline finds it
         psrp = FastRunspacePool(min_runspaces=1, max_runspaces=1)
@@ -261,6 +265,7 @@ class AioPsrpTransport(PsrpTransportCore):
         )
         pool = _Pool(psrp, created_shell_id(body))
         self._pool = pool
+        self._shells_changed()  # recorded now: a kill during the first wait would lose it
         # the host answers with its capability, its data and the pool's state: Opened, or
         # Broken (_events raises); the deadline bounds a host that says nothing
         while psrp.state != RunspacePoolState.Opened:
@@ -424,6 +429,7 @@ class AioPsrpTransport(PsrpTransportCore):
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        self._deleting.add(pool.shell_id)  # still open (and recorded) until the Delete ends
         task = asyncio.get_running_loop().create_task(self._delete_shell(pool.shell_id))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
@@ -433,6 +439,7 @@ class AioPsrpTransport(PsrpTransportCore):
         pool, self._pool = self._pool, None
         if pool is not None and not self._closed and len(self._abandoned) < _MAX_ABANDONED:
             self._abandoned.add(pool.shell_id)
+        self._shells_changed()
 
     async def _discard_pool(self) -> None:
         """Forget the pool, after a best-effort Delete of its shell; never raises."""
@@ -441,6 +448,7 @@ class AioPsrpTransport(PsrpTransportCore):
             await self._delete_shell(pool.shell_id)
 
     async def _delete_shell(self, shell_id: str) -> None:
+        self._deleting.add(shell_id)
         try:
             async with self._http.cleanup_slots:
                 await asyncio.wait_for(self._delete(shell_id), _CLEANUP_TIMEOUT_S)
@@ -450,6 +458,9 @@ class AioPsrpTransport(PsrpTransportCore):
             self._debug_failure("deleting the shell", exc)
             if not self._closed and len(self._abandoned) < _MAX_ABANDONED:
                 self._abandoned.add(shell_id)
+        finally:
+            self._deleting.discard(shell_id)
+            self._shells_changed()
 
     async def _delete(self, shell_id: str) -> None:
         # its own connection, closed after it: 2,000 shells deleted at shutdown left 2,000
@@ -473,6 +484,21 @@ class AioPsrpTransport(PsrpTransportCore):
             LOGGER.debug(
                 "%s: deleted shell %s left open by a failed pool", self.settings.name, shell_id
             )
+        self._shells_changed()
+
+    async def _delete_inherited(self) -> None:
+        """Delete the shells a killed predecessor left, before this pool adds one. A fault:
+        already gone. Any other failure fails the poll, as the Create would have."""
+        for shell_id in sorted(self._inherited):
+            with contextlib.suppress(_FaultError):  # idled out, or the host rebooted
+                await self._delete(shell_id)
+            self._inherited.discard(shell_id)
+            LOGGER.debug("%s: deleted shell %s left by the last run", self.settings.name, shell_id)
+        self._shells_changed()
+
+    def _owned_shells(self) -> frozenset[str]:
+        pool = {self._pool.shell_id} if self._pool is not None else set()
+        return super()._owned_shells() | self._abandoned | self._deleting | pool
 
     def _debug_failure(self, what: str, exc: Exception) -> None:
         LOGGER.debug("%s: %s failed (%s)", self.settings.name, what, type(exc).__name__)

@@ -14,6 +14,7 @@ never has two threads on one pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -37,7 +38,7 @@ from pypsrp.wsman import SelectorSet, WSMan
 from ..settings import HostSettings
 from .base import AuthenticationFailed, PollRequest, Snapshot, TransportError
 from .poll_wire import DEFINE_SCRIPT, FUNCTION, BadAnswerError, parse_answer
-from .psrp_common import PsrpTransportCore, first_error, transport_error
+from .psrp_common import PWSH_RESOURCE, PsrpTransportCore, first_error, transport_error
 
 LOGGER = logging.getLogger(__name__)
 # pypsrp logs every pipeline at INFO: with hundreds of hosts polled every few seconds that
@@ -252,6 +253,7 @@ class PsrpTransport(PsrpTransportCore):
             and len(self._abandoned) < _MAX_ABANDONED
         ):
             self._abandoned[str(shell.id)] = shell.resource_uri
+        self._shells_changed()
         if wsman is not None:
             try:
                 wsman.close()  # the local HTTP session only
@@ -321,12 +323,33 @@ class PsrpTransport(PsrpTransportCore):
             LOGGER.debug(
                 "%s: deleted shell %s left open by a failed pool", self.settings.name, shell_id
             )
+        self._shells_changed()
+
+    def _delete_inherited(self, wsman: WSMan) -> None:
+        """Delete the shells a killed predecessor left, before a new pool adds one. A fault:
+        already gone. Any other failure fails the poll, as the Create would have."""
+        for shell_id in sorted(self._inherited):
+            selectors = SelectorSet()
+            selectors.add_option("ShellId", shell_id)
+            # a fault: idled out, the host rebooted, or another client deleted it
+            with contextlib.suppress(WSManFaultError):
+                wsman.delete(PWSH_RESOURCE, selector_set=selectors)
+            self._inherited.discard(shell_id)
+            LOGGER.debug("%s: deleted shell %s left by the last run", self.settings.name, shell_id)
+        self._shells_changed()
+
+    def _owned_shells(self) -> frozenset[str]:
+        """Read in the worker thread that holds the lock (or on the loop once it is free)."""
+        ref = self._shell_ref
+        return super()._owned_shells() | set(self._abandoned) | ({ref[0]} if ref else set())
 
     def _open_pool(self, deadline: float) -> RunspacePool:
         if self._pool is not None:
             return self._pool
         LOGGER.debug("%s: opening a PSRP runspace pool", self.settings.name)
         self._wsman = WSMan(**self.settings.wsman_kwargs())
+        if self._inherited:
+            self._delete_inherited(self._wsman)
         # exactly one runspace: the function defined below lives in that runspace, so every
         # pipeline of this pool finds it (with more runspaces a poll could land in another one)
         extra: dict[str, Any] = {}
@@ -335,6 +358,7 @@ class PsrpTransport(PsrpTransportCore):
         self._pool = RunspacePool(self._wsman, min_runspaces=1, max_runspaces=1, **extra)
         self._pool.open()
         self._shell_ref = (str(self._pool.shell.id), str(self._pool.shell.resource_uri))
+        self._shells_changed()  # recorded now: a kill during the first wait would lose it
         if self.poll_script:
             return self._pool  # the deployed file is run by path: nothing to define
         define = PowerShell(self._pool)
@@ -367,6 +391,7 @@ class PsrpTransport(PsrpTransportCore):
                 and len(self._abandoned) < _MAX_ABANDONED
             ):
                 self._abandoned[str(shell.id)] = shell.resource_uri
+        self._shells_changed()
         if wsman is not None:
             try:
                 wsman.close()

@@ -9,14 +9,20 @@ the scheduler's retry and backoff, the logs and the host events do not depend on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Final
 
 from ..secret import scrub, secret_forms
 from ..settings import HostSettings
 from .base import AuthenticationFailed, HostUnsupported, PollRequest, TransportError
 from .poll_wire import build_parameters, unsupported_reason
+
+# the resource URI of the PowerShell endpoint both clients open their pools on
+PWSH_RESOURCE: Final = "http://schemas.microsoft.com/powershell/Microsoft.PowerShell"
 
 
 class PipelineFailedError(Exception):
@@ -97,9 +103,44 @@ class PsrpTransportCore:
         self._lock = asyncio.Lock()
         self._closed = False
         self._secrets = secret_forms(settings.password, settings.username, settings.proxy)
+        # shells a killed predecessor left on the host (the checkpoint names them): deleted
+        # before the first pool opens, which would otherwise be one more past MaxShellsPerUser
+        self._inherited: set[str] = set()
+        # told each new set of shells this transport answers for (watch_shells)
+        self._on_shells: Callable[[frozenset[str]], None] | None = None
+        self._reported: frozenset[str] = frozenset()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings.name!r})"
+
+    def watch_shells(
+        self, inherited: AbstractSet[str], on_change: Callable[[frozenset[str]], None]
+    ) -> None:
+        """Take the shells a previous life of the source left on the host (deleted by ShellId
+        at the first contact; never any other shell: other tools may use the same account), and
+        call ``on_change``, on this event loop, with every new set of shells this transport has
+        open or still owes a Delete (so that the next life can delete them)."""
+        self._inherited = set(inherited)
+        self._on_shells = on_change
+        self._loop = asyncio.get_running_loop()
+        self._report(frozenset(self._inherited))
+
+    def _owned_shells(self) -> frozenset[str]:
+        """The shells open on the host that this transport answers for (the subclasses add the
+        pool's own and the abandoned ones)."""
+        return frozenset(self._inherited)
+
+    def _shells_changed(self) -> None:
+        """Report the shells after a change; from the event loop or a worker thread."""
+        if self._on_shells is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                self._loop.call_soon_threadsafe(self._report, self._owned_shells())
+
+    def _report(self, shells: frozenset[str]) -> None:
+        if self._on_shells is not None and shells != self._reported:
+            self._reported = shells
+            self._on_shells(shells)
 
     @property
     def busy(self) -> bool:
