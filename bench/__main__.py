@@ -89,8 +89,8 @@ PROFILES: dict[str, Profile] = {
         HeadToHeadConfig(jobs=20, min_s=5, max_s=20, repeats=1, mode="watch"),
         IdleConfig(interval=0.5),
         IdleCostConfig(hosts=50, span_s=100.0),
-        (*_both_modes(((10, 45.0), (100, 45.0))), _negotiate_watch(20, 25.0)),
-        _auth_both_modes(4, 10, 4),
+        (*_both_modes(((10, 45.0), (100, 45.0))), _negotiate_watch(20, 20.0)),
+        _auth_both_modes(4, 10, 6),
     ),
     "full": Profile(
         HeadToHeadConfig(repeats=5),

@@ -87,17 +87,18 @@ def _one_kind(workdir: Path, cfg: AuthCostConfig, auth: str, protocol: str) -> d
                 raise BenchError(
                     f"{what}: {len(events.arrivals)} of {len(refs)} events; see {source.log_path}"
                 )
-            t_a = time.time()
-            sample_a = sample_after(source, events, t_a)
+            # each end of the span: the child's next CPU sample, then the traffic at once, so
+            # CPU and polls cover the same span and both ends cut a poll at a random point (a
+            # span ending on the Command that completed the count missed its Receive and Signal)
+            sample_a = sample_after(source, events, time.time())
             traffic_a = fleet.traffic()
             wanted = traffic_a.pipelines + cfg.hosts * cfg.polls_per_host
             if not source.wait_for(
                 lambda: fleet.traffic().pipelines >= wanted, READY_TIMEOUT_S, step=0.05
             ):
                 raise BenchError(f"{what}: the polls did not come")
-            t_b = time.time()
+            sample_b = sample_after(source, events, time.time())
             traffic_b = fleet.traffic()
-            sample_b = sample_after(source, events, t_b)
         finally:
             source.stop()
     delta = traffic_b - traffic_a
