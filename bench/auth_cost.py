@@ -87,18 +87,25 @@ def _one_kind(workdir: Path, cfg: AuthCostConfig, auth: str, protocol: str) -> d
                 raise BenchError(
                     f"{what}: {len(events.arrivals)} of {len(refs)} events; see {source.log_path}"
                 )
-            # each end of the span: the child's next CPU sample, then the traffic at once, so
-            # CPU and polls cover the same span and both ends cut a poll at a random point (a
-            # span ending on the Command that completed the count missed its Receive and Signal)
-            sample_a = sample_after(source, events, time.time())
-            traffic_a = fleet.traffic()
-            wanted = traffic_a.pipelines + cfg.hosts * cfg.polls_per_host
-            if not source.wait_for(
-                lambda: fleet.traffic().pipelines >= wanted, READY_TIMEOUT_S, step=0.05
-            ):
+
+            # both ends of the span come just after a poll's Command (its Receive and Signal to
+            # come), so what the span misses of the last poll it counted from the first: ending
+            # on the count's last Command after an arbitrary start left one Receive and Signal
+            # per host out (2.67 requests per watch-mode poll over 6 polls a host)
+            def commands() -> int:
+                return fleet.traffic().pipelines
+
+            first = commands() + 1
+            if not source.wait_for(lambda: commands() >= first, READY_TIMEOUT_S, step=0.01):
                 raise BenchError(f"{what}: the polls did not come")
-            sample_b = sample_after(source, events, time.time())
-            traffic_b = fleet.traffic()
+            traffic_a, t_a = fleet.traffic(), time.time()
+            wanted = traffic_a.pipelines + cfg.hosts * cfg.polls_per_host
+            if not source.wait_for(lambda: commands() >= wanted, READY_TIMEOUT_S, step=0.01):
+                raise BenchError(f"{what}: the polls did not come")
+            traffic_b, t_b = fleet.traffic(), time.time()
+            # CPU from the child's first sample after each end (one a second): both late alike
+            sample_a = sample_after(source, events, t_a)
+            sample_b = sample_after(source, events, t_b)
         finally:
             source.stop()
     delta = traffic_b - traffic_a
