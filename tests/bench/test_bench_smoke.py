@@ -57,12 +57,14 @@ def _collections() -> Path:
     ).resolve()
 
 
-def _run(module: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def _run(
+    module: str, out: Path, options: tuple[str, ...] = ("--smoke",)
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["ANSIBLE_COLLECTIONS_PATH"] = str(_collections())
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--smoke", "--out", str(out)],
+        [sys.executable, "-m", module, *options, "--out", str(out)],
         check=False,
         cwd=REPO,
         env=env,
@@ -124,6 +126,23 @@ def test_bench_smoke_writes_every_contract_key(tmp_path: Path) -> None:
     assert "Auth cost" in proc.stdout
     assert "fleet watch 3 hosts negotiate/http" in proc.stdout  # its progress lines
     assert "auth cost watch negotiate/http" in proc.stdout
+
+
+def test_scale_cli_runs_one_fleet_item(tmp_path: Path) -> None:
+    """How the full profile's big fleet items are run alone: the row has the profile's keys."""
+    options = ("--hosts", "2", "--mode", "watch", "--auth", "negotiate", "--protocol", "http")
+    proc, doc = _run("bench.scale", tmp_path / "scale.json", (*options, "--window", "4"))
+    (row,) = doc["fleet"]
+    assert set(row) >= FLEET_KEYS
+    assert (row["mode"], row["auth"], row["protocol"], row["hosts"]) == (
+        "watch",
+        "negotiate",
+        "http",
+        2,
+    )
+    assert (row["jobs"], row["lost"], row["duplicated"]) == (2, 0, 0), row
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "fleet watch 2 hosts negotiate/http" in proc.stdout
 
 
 def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
