@@ -5,8 +5,10 @@
 - idle poll: what one poll costs when nothing changed (0, 20, 200 job files);
 - idle cost: requests, bytes and CPU per idle host per hour, poll (15 s) against watch;
 - fleet (``bench.scale``): latency, CPU, RSS and threads for 10, 100 (and 1,000, 2,000) hosts, poll mode
-  (interval 15 s) and watch mode;
-- auth cost: CPU per poll and bytes per idle poll for each way of logging on.
+  (interval 15 s) and watch mode, Basic over HTTPS; and a watch-mode fleet whose hosts log on with
+  Negotiate (NTLM, messages encrypted over HTTP): 1,000 hosts (20 in the quick profile);
+- auth cost: CPU per poll and bytes per idle poll for each way of logging on, in poll mode and in
+  watch mode.
 
 Prints progress, then the tables, and writes ``bench/results/latest.json`` (or ``--out``) and a
 plot of the fleet latencies next to it (``latest.png``); its keys are public (``docs/contract.md``).
@@ -15,7 +17,7 @@ plot of the fleet latencies next to it (``latest.png``); its keys are public (``
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bench import RESULTS_DIR
@@ -25,24 +27,7 @@ from bench.idle_cost import IdleCostConfig, idle_cost
 from bench.idle_poll import IdleConfig, idle_poll
 from bench.plot import plot_latency
 from bench.report import parse_options, progress, table, work_dir, write_json
-from bench.scale import ScaleConfig, scale_run
-
-FLEET_KEYS = (
-    "mode",
-    "hosts",
-    "interval_s",
-    "latency_p50_s",
-    "latency_p95_s",
-    "latency_max_s",
-    "cpu_ms_per_host_poll",
-    "rss_mb",
-    "lost",
-    "duplicated",
-    "polls_per_s",
-    "polls_per_s_asked",
-    "cpu_pct",
-    "threads",
-)
+from bench.scale import ScaleConfig, fleet_table, scale_run
 
 
 @dataclass(frozen=True)
@@ -52,7 +37,8 @@ class Profile:
     idle: IdleConfig
     idle_cost: IdleCostConfig
     fleet: tuple[ScaleConfig, ...]
-    auth: AuthCostConfig = field(default_factory=AuthCostConfig)
+    # one run per mode, their rows together in ``auth_cost``
+    auth: tuple[AuthCostConfig, ...]
 
 
 def _both_modes(sizes: tuple[tuple[int, float], ...]) -> tuple[ScaleConfig, ...]:
@@ -61,6 +47,27 @@ def _both_modes(sizes: tuple[tuple[int, float], ...]) -> tuple[ScaleConfig, ...]
         ScaleConfig(hosts=hosts, interval=15.0, window_s=window, jobs_per_host=1, mode=mode)
         for hosts, window in sizes
         for mode in ("poll", "watch")
+    )
+
+
+def _negotiate_watch(hosts: int, window: float) -> ScaleConfig:
+    """Watch mode on hosts that take Negotiate (NTLM, message encryption) over HTTP."""
+    return ScaleConfig(
+        hosts=hosts,
+        interval=15.0,
+        window_s=window,
+        jobs_per_host=1,
+        mode="watch",
+        auth="negotiate",
+        https=False,
+    )
+
+
+def _auth_both_modes(hosts: int, polls: int, watch_polls: int) -> tuple[AuthCostConfig, ...]:
+    """Poll mode (0.5 s interval) and watch mode (idle waits of 1 s) on the same small fleet."""
+    return (
+        AuthCostConfig(hosts=hosts, polls_per_host=polls),
+        AuthCostConfig(hosts=hosts, polls_per_host=watch_polls, mode="watch"),
     )
 
 
@@ -73,23 +80,28 @@ PROFILES: dict[str, Profile] = {
         (
             ScaleConfig(hosts=5, interval=1.0, window_s=8.0),
             ScaleConfig(hosts=5, interval=1.0, window_s=8.0, mode="watch"),
+            _negotiate_watch(3, 8.0),
         ),
-        AuthCostConfig(hosts=2, polls_per_host=3),
+        _auth_both_modes(2, 3, 2),
     ),
     "quick": Profile(
         HeadToHeadConfig(),
         HeadToHeadConfig(jobs=20, min_s=5, max_s=20, repeats=1, mode="watch"),
         IdleConfig(interval=0.5),
         IdleCostConfig(hosts=50, span_s=100.0),
-        _both_modes(((10, 45.0), (100, 45.0))),
+        (*_both_modes(((10, 45.0), (100, 45.0))), _negotiate_watch(20, 20.0)),
+        _auth_both_modes(4, 10, 6),
     ),
     "full": Profile(
         HeadToHeadConfig(repeats=5),
         HeadToHeadConfig(jobs=20, min_s=30, max_s=180, repeats=2, mode="watch"),
         IdleConfig(interval=0.5, polls=10),
         IdleCostConfig(hosts=200, span_s=300.0),
-        _both_modes(((10, 120.0), (100, 120.0), (1000, 150.0), (2000, 150.0))),
-        AuthCostConfig(hosts=10, polls_per_host=20),
+        (
+            *_both_modes(((10, 120.0), (100, 120.0), (1000, 150.0), (2000, 150.0))),
+            _negotiate_watch(1000, 150.0),
+        ),
+        _auth_both_modes(10, 20, 20),
     ),
 }
 
@@ -147,36 +159,15 @@ def print_tables(doc: dict[str, Any]) -> None:
         )
     )
     print()
-    print(
-        table(
-            "Fleet: one source, N hosts, jobs ending throughout",
-            [
-                "mode",
-                "hosts",
-                "interval s",
-                "p50 s",
-                "p95 s",
-                "max s",
-                "CPU ms/poll",
-                "RSS MB",
-                "lost",
-                "dup",
-                "polls/s",
-                "asked/s",
-                "CPU %",
-                "threads",
-            ],
-            [[row[k] for k in FLEET_KEYS] for row in doc["fleet"]],
-        )
-    )
+    print(fleet_table(doc["fleet"]))
     print()
     print(
         table(
             "Auth cost: the source's CPU and the bytes of one idle poll, per way of logging on",
-            ["auth", "protocol", "CPU ms/poll", "bytes/idle poll", "requests/poll"],
+            ["mode", "auth", "protocol", "CPU ms/poll", "bytes/idle poll", "requests/poll"],
             [
-                [r["auth"], r["protocol"], r["cpu_ms_per_poll"], r["bytes_per_idle_poll"],
-                 r["http_requests_per_poll"]]
+                [r["mode"], r["auth"], r["protocol"], r["cpu_ms_per_poll"],
+                 r["bytes_per_idle_poll"], r["http_requests_per_poll"]]
                 for r in doc["auth_cost"]
             ],
         )
@@ -200,10 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             "head_to_head_watch": head_to_head(workdir / "h2h-watch", profile.head_to_head_watch),
             "idle_poll": idle_poll(workdir / "idle", profile.idle),
             "idle_cost_per_host_hour": idle_cost(workdir / "idle-cost", profile.idle_cost),
-            "fleet": [
-                scale_run(workdir / f"fleet-{cfg.mode}-{cfg.hosts}", cfg) for cfg in profile.fleet
-            ],
-            "auth_cost": auth_cost(workdir / "auth", profile.auth),
+            "fleet": [scale_run(workdir / cfg.slug, cfg) for cfg in profile.fleet],
+            "auth_cost": [row for cfg in profile.auth for row in auth_cost(workdir / "auth", cfg)],
         }
         print_tables(doc)
         progress(f"wrote {write_json(opts.out, doc)}")

@@ -1,4 +1,5 @@
-"""The fleet latencies as a PNG next to the JSON: p50 / p95 / max against hosts, per mode.
+"""The fleet latencies as a PNG next to the JSON: p50 / p95 / max against hosts, per mode (and
+per way of logging on, when a fleet item's is not Basic over HTTPS).
 
 matplotlib comes from the ``bench`` dependency group; without it the plot is skipped (and
 said so), the JSON stands on its own.
@@ -27,10 +28,16 @@ def plot_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         "poll": ("tab:orange", "poll, interval {interval:g} s"),
         "watch": ("tab:blue", "watch"),
     }
-    for mode, (color, label) in styles.items():
-        mine = sorted((r for r in rows if r.get("mode", "poll") == mode), key=lambda r: r["hosts"])
-        if not mine:
-            continue
+    others = iter(("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:gray"))
+    series: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        kind = (row.get("mode", "poll"), row.get("auth", "basic"), row.get("protocol", "https"))
+        series.setdefault(kind, []).append(row)
+    for (mode, auth, protocol), mine in series.items():
+        mine.sort(key=lambda r: r["hosts"])
+        color, label = styles.get(mode, ("black", mode))
+        if (auth, protocol) != ("basic", "https"):
+            color, label = next(others, "black"), f"{label}, {auth}/{protocol}"
         hosts = [r["hosts"] for r in mine]
         name = label.format(interval=mine[0].get("interval_s") or 0)
         for key, line, what in (

@@ -1,5 +1,9 @@
 """Many hosts, one source: latency from a job's final write to its event, CPU per host poll, RSS.
 
+``python -m bench.scale --hosts 1000 --mode watch --auth negotiate --protocol http --window 150``
+runs one fleet item alone (as a profile of ``python -m bench`` would), prints its row and writes
+it as ``{"fleet": [row]}`` (``--out``, default ``bench/results/scale.json``).
+
 All hosts live in this process's sim, each on its own HTTPS port; the source runs in a child.
 Once every host has been polled once, each host gets jobs whose final writes fall throughout
 the window; the run ends when every job's event came (or a deadline passed) plus one interval,
@@ -9,21 +13,44 @@ samples and the sim's counters), so start-up and shutdown do not count.
 
 from __future__ import annotations
 
+import argparse
 import random
 import resource
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import BenchError
+from bench import RESULTS_DIR, BenchError
 from bench.inprocess_hosts import InProcessHosts, JobPlan
-from bench.report import progress
-from bench.source_run import EventFile, Sample, SourceRun, mode_args
+from bench.report import progress, table, work_dir, write_json
+from bench.source_run import EventFile, Sample, SourceRun, logon_env, mode_args
 from bench.tally import percentile, rounded, tally
 from winsim.jobs import Outcome
 
 OUTCOME_WEIGHTS: dict[Outcome, float] = {"finished": 0.8, "failed": 0.15, "timed_out": 0.05}
+
+# a fleet row's keys as the table shows them, with their column headers
+FLEET_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("mode", "mode"),
+    ("auth", "auth"),
+    ("protocol", "protocol"),
+    ("hosts", "hosts"),
+    ("interval_s", "interval s"),
+    ("latency_p50_s", "p50 s"),
+    ("latency_p95_s", "p95 s"),
+    ("latency_max_s", "max s"),
+    ("cpu_ms_per_host_poll", "CPU ms/poll"),
+    ("rss_mb", "RSS MB"),
+    ("lost", "lost"),
+    ("duplicated", "dup"),
+    ("polls_per_s", "polls/s"),
+    ("polls_per_s_asked", "asked/s"),
+    ("cpu_pct", "CPU %"),
+    ("threads", "threads"),
+)
 
 
 @dataclass(frozen=True)
@@ -42,8 +69,17 @@ class ScaleConfig:
     https: bool = True
 
     @property
+    def protocol(self) -> str:
+        return "https" if self.https else "http"
+
+    @property
     def label(self) -> str:
-        return f"{self.mode} {self.hosts} hosts"
+        return f"{self.mode} {self.hosts} hosts {self.auth}/{self.protocol}"
+
+    @property
+    def slug(self) -> str:
+        """A work dir name, one per fleet item of a profile."""
+        return f"fleet-{self.mode}-{self.hosts}-{self.auth}-{self.protocol}"
 
     def source_args(self) -> dict[str, Any]:
         return mode_args(self.mode, interval=self.interval, watch_wait=self.watch_wait)
@@ -92,7 +128,7 @@ def scale_run(workdir: Path, cfg: ScaleConfig) -> dict[str, Any]:
         args: dict[str, Any] = {"hosts": sims.source_hosts(), **cfg.source_args()}
         if cfg.max_concurrency is not None:
             args["max_concurrency"] = cfg.max_concurrency
-        source = SourceRun(workdir, args, events, "fleet-source").start()
+        source = SourceRun(workdir, args, events, "fleet-source", env=logon_env(cfg.auth)).start()
         try:
             ramp = max(60.0, cfg.hosts * 0.3)
             progress(f"fleet {cfg.label}: waiting for a first poll of every host")
@@ -147,6 +183,8 @@ def scale_run(workdir: Path, cfg: ScaleConfig) -> dict[str, Any]:
     row = {
         "hosts": cfg.hosts,
         "mode": cfg.mode,
+        "auth": cfg.auth,
+        "protocol": cfg.protocol,
         # watch mode has no interval: each poll waits on the host up to watch_wait_s
         "interval_s": None if watch else cfg.interval,
         "watch_wait_s": cfg.watch_wait if watch else None,
@@ -180,3 +218,47 @@ def scale_run(workdir: Path, cfg: ScaleConfig) -> dict[str, Any]:
         f"lost {row['lost']}, duplicated {row['duplicated']}"
     )
     return row
+
+
+def fleet_table(rows: Sequence[dict[str, Any]]) -> str:
+    return table(
+        "Fleet: one source, N hosts, jobs ending throughout",
+        [header for _key, header in FLEET_COLUMNS],
+        [[row.get(key) for key, _header in FLEET_COLUMNS] for row in rows],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One fleet item by hand: the profiles' big items cost too much to run a whole profile."""
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
+    parser.add_argument("--hosts", type=int, required=True)
+    parser.add_argument("--mode", choices=("poll", "watch"), default="watch")
+    parser.add_argument("--auth", choices=("basic", "negotiate", "kerberos"), default="basic")
+    parser.add_argument("--protocol", choices=("https", "http"), default="https")
+    parser.add_argument("--window", type=float, default=150.0, help="seconds the jobs end over")
+    parser.add_argument("--interval", type=float, default=15.0, help="poll mode's interval")
+    parser.add_argument("--watch-wait", type=float, default=50.0)
+    parser.add_argument("--jobs-per-host", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "scale.json")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, sim disk)")
+    opts = parser.parse_args(argv)
+    cfg = ScaleConfig(
+        hosts=opts.hosts,
+        interval=opts.interval,
+        window_s=opts.window,
+        jobs_per_host=opts.jobs_per_host,
+        mode=opts.mode,
+        watch_wait=opts.watch_wait,
+        auth=opts.auth,
+        https=opts.protocol == "https",
+    )
+    with work_dir("winasync-scale-", opts.keep) as workdir:
+        row = scale_run(workdir / cfg.slug, cfg)
+    print()
+    print(fleet_table([row]))
+    progress(f"wrote {write_json(opts.out, {'fleet': [row]})}")
+    return 1 if row["lost"] or row["duplicated"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,17 @@ def mode_args(mode: str, *, interval: float, watch_wait: float) -> dict[str, Any
     if mode == "watch":
         return {"mode": "watch", "watch_wait": watch_wait}
     return {"interval": interval}
+
+
+def logon_env(auth: str) -> dict[str, str]:
+    """What the source's environment needs for hosts that log on with ``auth``.
+
+    The sim's Negotiate hosts speak NTLM only. Where the machine's krb5.conf names a realm whose
+    KDC cannot be reached, pyspnego tries Kerberos first and takes about 5 s per context to fall
+    back, so a fleet's first logons would measure that; ``KRB5_CONFIG=/dev/null``, as the README
+    advises where NTLM is meant. Kerberos hosts get their realm's file from ``Kdc``.
+    """
+    return {"KRB5_CONFIG": os.devnull} if auth in ("negotiate", "ntlm") else {}
 
 
 @dataclass(frozen=True)
@@ -134,11 +145,20 @@ class EventFile:
 class SourceRun(Lifecycle):
     """One child process running the source; several may append to the same EventFile."""
 
-    def __init__(self, workdir: Path, args: dict[str, Any], events: EventFile, tag: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        args: dict[str, Any],
+        events: EventFile,
+        tag: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``env``: variables set in the child on top of this process's environment."""
         self.workdir = workdir
         self.args = args
         self.events = events
         self.tag = tag
+        self.env = dict(env or {})
         self.process: ChildProcess | None = None
 
     @property
@@ -151,7 +171,7 @@ class SourceRun(Lifecycle):
         fd = os.open(args_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(self.args, fh)
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "bench.source_proc", str(args_path), str(self.events.path)]
         process = ChildProcess(cmd, log_path=self.log_path, env=env, cwd=ROOT, name=self.tag)

@@ -34,7 +34,18 @@ FLEET_KEYS = {
     "mode",
     "cpu_pct",
     "threads",
+    "auth",
+    "protocol",
 }
+AUTH_COST_KEYS = {
+    "auth",
+    "protocol",
+    "mode",
+    "cpu_ms_per_poll",
+    "bytes_per_idle_poll",
+    "http_requests_per_poll",
+}
+AUTH_KINDS = {("basic", "https"), ("negotiate", "http"), ("negotiate", "https")}
 FAULT_KEYS = {"fault", "hosts", "jobs", "expected", "emitted", "duplicated", "worst_latency_s"}
 CRASH_KEYS = {"runs", "jobs", "handled", "lost", "duplicated"}
 FAILOVER_KEYS = CRASH_KEYS | {"duplicated_outside_window"}
@@ -46,12 +57,14 @@ def _collections() -> Path:
     ).resolve()
 
 
-def _run(module: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def _run(
+    module: str, out: Path, options: tuple[str, ...] = ("--smoke",)
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["ANSIBLE_COLLECTIONS_PATH"] = str(_collections())
     proc = subprocess.run(
-        [sys.executable, "-m", module, "--smoke", "--out", str(out)],
+        [sys.executable, "-m", module, *options, "--out", str(out)],
         check=False,
         cwd=REPO,
         env=env,
@@ -92,19 +105,48 @@ def test_bench_smoke_writes_every_contract_key(tmp_path: Path) -> None:
     for mode in ("poll", "watch"):
         assert {"requests", "bytes", "cpu_ms"} <= set(idle[mode])
         assert idle[mode]["requests"] > 0
-    assert {row["mode"] for row in doc["fleet"]} == {"poll", "watch"}
     assert (tmp_path / "latest.png").exists()
     for row in doc["fleet"]:
         assert set(row) >= FLEET_KEYS
         assert row["lost"] == 0, row
         assert row["duplicated"] == 0, row
-    kinds = {(r["auth"], r["protocol"]) for r in doc["auth_cost"]}
-    assert {("basic", "https"), ("negotiate", "http"), ("negotiate", "https")} <= kinds
+    fleets = {(r["mode"], r["auth"], r["protocol"]) for r in doc["fleet"]}
+    # poll and watch on Basic/HTTPS, and watch on Negotiate (NTLM, encrypted over HTTP)
+    assert fleets == {
+        ("poll", "basic", "https"),
+        ("watch", "basic", "https"),
+        ("watch", "negotiate", "http"),
+    }
+    for mode in ("poll", "watch"):
+        rows = [r for r in doc["auth_cost"] if r["mode"] == mode]
+        assert {(r["auth"], r["protocol"]) for r in rows} >= AUTH_KINDS, mode
     for row in doc["auth_cost"]:
+        assert set(row) >= AUTH_COST_KEYS
         assert row["cpu_ms_per_poll"] > 0 and row["bytes_per_idle_poll"] > 0, row
+        # a poll is at least a Command and a Receive
+        assert row["http_requests_per_poll"] >= 2, row
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Fleet" in proc.stdout  # the tables were printed
     assert "Auth cost" in proc.stdout
+    assert "fleet watch 3 hosts negotiate/http" in proc.stdout  # its progress lines
+    assert "auth cost watch negotiate/http" in proc.stdout
+
+
+def test_scale_cli_runs_one_fleet_item(tmp_path: Path) -> None:
+    """How the full profile's big fleet items are run alone: the row has the profile's keys."""
+    options = ("--hosts", "2", "--mode", "watch", "--auth", "negotiate", "--protocol", "http")
+    proc, doc = _run("bench.scale", tmp_path / "scale.json", (*options, "--window", "4"))
+    (row,) = doc["fleet"]
+    assert set(row) >= FLEET_KEYS
+    assert (row["mode"], row["auth"], row["protocol"], row["hosts"]) == (
+        "watch",
+        "negotiate",
+        "http",
+        2,
+    )
+    assert (row["jobs"], row["lost"], row["duplicated"]) == (2, 0, 0), row
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "fleet watch 2 hosts negotiate/http" in proc.stdout
 
 
 def test_soak_smoke_loses_and_repeats_nothing(tmp_path: Path) -> None:
