@@ -28,6 +28,9 @@ MARKER_VAR = "WINASYNC_HARNESS_RUN"
 TERM_GRACE_S = 15.0
 # a process forked between a scan of /proc and the signal is caught by the next scan
 _KILL_ROUNDS = 50
+# looks at /proc that must find no marked process before a tree counts as ended
+_QUIET_LOOKS = 3
+_QUIET_STEP_S = 0.05
 
 
 class ProcessError(RuntimeError):
@@ -190,21 +193,34 @@ class ChildProcess(Lifecycle):
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        for _ in range(_KILL_ROUNDS):
-            if not signal_marked(self.marker, signal.SIGKILL):
-                break
-            wait_until(lambda: not self.leftovers(), 5.0, step=0.02)
+        self._kill_marked()
         code = None
         if self.proc is not None:
             try:
                 code = self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL not delivered
                 log.error("%s (pid %d) did not end after SIGKILL", self.name, self.proc.pid)
+        # a child forked just before the kill (ansible-runner's pexpect: setsid, then exec) can
+        # be unreadable in /proc for one look while it execs; look again, after the wait
+        self._kill_marked()
         self._close_log()
         left = self.leftovers()
         if left:  # pragma: no cover - only when SIGKILL is not delivered
             raise ProcessError(f"{self.name}: processes still alive after SIGKILL: {left}")
         return code
+
+    def _kill_marked(self) -> None:
+        """SIGKILL every marked process until :data:`_QUIET_LOOKS` looks in a row find none."""
+        quiet = 0
+        for _ in range(_KILL_ROUNDS):
+            if signal_marked(self.marker, signal.SIGKILL):
+                quiet = 0
+                wait_until(lambda: not self.leftovers(), 5.0, step=0.02)
+                continue
+            quiet += 1
+            if quiet >= _QUIET_LOOKS:
+                return
+            time.sleep(_QUIET_STEP_S)
 
     def _close_log(self) -> None:
         if self._log is not None:
