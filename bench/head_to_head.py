@@ -31,6 +31,7 @@ from bench import BenchError
 from bench.baseline import CLASSIC_PLAYBOOK, PlaybookRun, run_playbook
 from bench.inprocess_hosts import InProcessHosts, Traffic
 from bench.report import progress
+from bench.scale import sample_after
 from bench.source_run import EventFile, SourceRun, mode_args
 from bench.tally import rounded
 
@@ -73,15 +74,6 @@ class _SourceSide:
     statuses: list[str] = field(default_factory=list)
 
 
-def _cpu_sample_after(source: SourceRun, events: EventFile, t: float) -> float:
-    """The source's CPU time at its first stats sample at or after ``t`` (one a second)."""
-    if not source.wait_for(lambda: events.sample_at(t) is not None, 10.0):
-        raise BenchError(f"the source wrote no stats after {t:.1f}; see {source.log_path}")
-    sample = events.sample_at(t)
-    assert sample is not None
-    return sample.cpu_s
-
-
 def _check_playbook(run: PlaybookRun, what: str) -> None:
     if run.rc != 0:
         tail = "\n".join(run.log.read_text(errors="replace").splitlines()[-15:])
@@ -114,7 +106,7 @@ def _watch_while_starting(
             raise BenchError(f"the source never polled; see {source.log_path}")
         began = time.time()
         traffic_before = sims.traffic([watch])
-        cpu_before = _cpu_sample_after(source, events, began)
+        cpu_before = sample_after(source, events, began).cpu_s
         start_only = run_playbook(
             sims, [host], CLASSIC_PLAYBOOK, extra, workdir, f"start-only-{rep}", tags="start"
         )
@@ -127,7 +119,7 @@ def _watch_while_starting(
             )
         last_event = max(a.t for a in events.arrivals)
         watching_traffic = sims.traffic([watch]) - traffic_before
-        watching_cpu = _cpu_sample_after(source, events, last_event) - cpu_before
+        watching_cpu = sample_after(source, events, last_event).cpu_s - cpu_before
     finally:
         exit_record = source.stop()
     if exit_record is None:
